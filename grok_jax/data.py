@@ -1,0 +1,148 @@
+"""Modular-arithmetic data with a corrupted fraction of the training labels.
+
+Every lane of a sweep sees the same fixed-shape arrays: all ``p²`` pairs, shuffled
+by the lane's own split key, with the training set padded to ``n_max`` rows (the
+largest training set of its compile group) and masks saying which rows are real
+training rows and which carry a corrupted label. The counts ``n_train`` and
+``n_corrupt`` are traced integers, so lanes with different α and ξ share one
+compiled program.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from grok_jax.errors import ConfigError
+
+TASKS: dict[str, Callable[[jax.Array, jax.Array, int], jax.Array]] = {
+    "add": lambda m, n, p: (m + n) % p,
+    "sub": lambda m, n, p: (m - n) % p,
+    "mul": lambda m, n, p: (m * n) % p,
+    # m / n = m · n^(p-2) mod p (Fermat); defined for prime p and n ≠ 0.
+    "div": lambda m, n, p: (m * _pow_mod(n, p - 2, p)) % p,
+}
+
+
+class Dataset(NamedTuple):
+    """One lane's data; rows ``[0, n_max)`` of a fixed shuffle of all pairs.
+
+    Attributes:
+      m, n: operands of the training rows, int32 ``(n_max,)``.
+      label: label trained on (corrupted where ``corrupt``), ``(n_max,)``.
+      true_label: the correct answer ``(m ∘ n) mod p``, ``(n_max,)``.
+      train: row is in the training set (``row < n_train``).
+      corrupt: row is a training row with a corrupted label (``row < n_corrupt``).
+      train_pair, test: over all ``p²`` pairs in natural order ``m·p + n``: the pair
+        is a training pair / a test pair (division: pairs with n = 0 are neither).
+      order: the shuffle; ``order[:n_max]`` are the pair indices of the rows.
+    """
+
+    m: jax.Array
+    n: jax.Array
+    label: jax.Array
+    true_label: jax.Array
+    train: jax.Array
+    corrupt: jax.Array
+    train_pair: jax.Array
+    test: jax.Array
+    order: jax.Array
+
+
+def is_prime(p: int) -> bool:
+    """Whether ``p`` is prime."""
+    return p >= 2 and all(p % d for d in range(2, math.isqrt(p) + 1))
+
+
+def check_task(task: str, p: int) -> None:
+    """Raises ``ConfigError`` with a one-line message for an unusable task or p."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    if p < 2:
+        raise ConfigError(f"p={p} is too small; p must be an integer >= 2")
+    if task == "div" and not is_prime(p):
+        raise ConfigError(f"task 'div' needs a prime p, got p={p} (e.g. 11, 13, 31, 97)")
+
+
+def pair_labels(task: str, p: int) -> jax.Array:
+    """Correct labels of all ``p²`` pairs, index ``m·p + n``; division pairs with
+    ``n = 0`` have no answer and are excluded by :func:`valid_pairs`."""
+    m, n = jnp.divmod(jnp.arange(p * p, dtype=jnp.int32), p)
+    return TASKS[task](m, n, p).astype(jnp.int32)
+
+
+def num_pairs(task: str, p: int) -> int:
+    """Number of usable pairs: ``p²``, or ``p(p-1)`` for division (n ≠ 0)."""
+    return p * (p - 1) if task == "div" else p * p
+
+
+def split_sizes(alpha: float, xi: float, task: str, p: int) -> tuple[int, int]:
+    """``(n_train, n_corrupt) = (⌊α·P⌋, ⌊ξ·n_train⌋)`` for ``P`` usable pairs.
+
+    Computed on the host in float64 with a 1e-9 guard so that, e.g., α = 0.7 of
+    100 pairs gives 70 and not 69 from the rounding of 0.7.
+    """
+    if not 0.0 <= xi <= 1.0:
+        raise ConfigError(f"xi={xi} is outside [0, 1]; the corrupted fraction must lie in [0, 1]")
+    total = num_pairs(task, p)
+    n_train = math.floor(alpha * total + 1e-9)
+    if not 1 <= n_train < total:
+        raise ConfigError(
+            f"alpha={alpha} gives {n_train} training pairs of {total} (p={p}); "
+            f"need 1 <= alpha*{total} < {total}, i.e. alpha in [{1 / total:.4g}, 1)"
+        )
+    return n_train, math.floor(xi * n_train + 1e-9)
+
+
+def make_dataset(
+    split_key: jax.Array,
+    corrupt_key: jax.Array,
+    n_train: jax.Array,
+    n_corrupt: jax.Array,
+    *,
+    task: str,
+    p: int,
+    n_max: int,
+) -> Dataset:
+    """Builds one lane's shuffled, padded, partly corrupted training set.
+
+    Example:
+      >>> ds = make_dataset(jax.random.key(0), jax.random.key(1), 60, 6,
+      ...                   task="add", p=11, n_max=80)
+      >>> int(ds.train.sum()), int(ds.corrupt.sum()), int(ds.test.sum())
+      (60, 6, 61)
+    """
+    labels = pair_labels(task, p)
+    usable = num_pairs(task, p)
+    # Division: put the n = 0 pairs last so they are never drawn (usable < p²).
+    pairs = jnp.arange(p * p, dtype=jnp.int32)
+    valid = pairs % p != 0 if task == "div" else jnp.ones(p * p, bool)
+    shuffled = jax.random.permutation(split_key, pairs)
+    order = shuffled[jnp.argsort(~valid[shuffled], stable=True)]
+    rows = jnp.arange(n_max)
+    idx = order[:n_max]
+    m, n = jnp.divmod(idx, p)
+    train = rows < n_train
+    corrupt = rows < n_corrupt
+    true_label = labels[idx]
+    # Drawn for all p² rows and cut, so a row's label does not depend on n_max.
+    noise = jax.random.randint(corrupt_key, (p * p,), 0, p, dtype=jnp.int32)[:n_max]
+    label = jnp.where(corrupt, noise, true_label)
+    rank = jnp.zeros(p * p, jnp.int32).at[order].set(jnp.arange(p * p, dtype=jnp.int32))
+    test = (rank >= n_train) & (rank < usable)
+    return Dataset(m, n, label, true_label, train, corrupt, rank < n_train, test, order)
+
+
+def _pow_mod(base: jax.Array, exp: int, mod: int) -> jax.Array:
+    """``base**exp % mod`` elementwise by square-and-multiply (no overflow for p < 46341)."""
+    result = jnp.ones_like(base)
+    base = base % mod
+    while exp:
+        if exp & 1:
+            result = (result * base) % mod
+        base = (base * base) % mod
+        exp >>= 1
+    return result

@@ -1,0 +1,90 @@
+"""Inverse participation ratio (PAPER.md §4, Eq. 3-4) and accuracy metrics.
+
+IPR convention: ``x̃ = |rfft(x)|`` is the one-sided real FFT magnitude, DC included
+(``⌊p/2⌋ + 1`` numbers), and ``IPR(x) = Σ x̃⁴ / (Σ x̃²)²``. A pure cosine of one
+nonzero frequency has IPR exactly 1 in this convention (with a full complex FFT its
+two mirror peaks would give 0.5); Gaussian rows sit near the floor
+``2/(⌊p/2⌋ + 1)``, about 0.04 at p = 97.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from grok_jax.data import Dataset
+from grok_jax.models import Params
+
+METRICS = (
+    "train_loss",  # loss on the training set, against the labels trained on
+    "test_loss",  # loss on the test pairs
+    "train_acc",  # accuracy on the training set, against the labels trained on
+    "test_acc",  # accuracy on the test pairs
+    "corrupt_acc",  # corrupted examples vs their corrupted labels (memorization)
+    "inversion_acc",  # corrupted examples vs their true labels (inversion)
+    "clean_acc",  # uncorrupted training examples
+    "weight_norm",  # Frobenius norm of all parameters together
+    "ipr",  # mean of IPR_k over the neurons that have one (see neuron_ipr)
+)
+
+
+def ipr(x: jax.Array) -> jax.Array:
+    """IPR of ``x`` along its last axis (rfft convention, see module doc).
+
+    Example:
+      >>> float(ipr(jnp.cos(2 * jnp.pi * 3 * jnp.arange(11) / 11)))  # doctest: +ELLIPSIS
+      1.0...
+    """
+    power = jnp.square(jnp.abs(jnp.fft.rfft(x, axis=-1)))
+    return jnp.sum(jnp.square(power), axis=-1) / jnp.square(jnp.sum(power, axis=-1))
+
+
+def neuron_ipr(params: Params) -> jax.Array:
+    """``IPR_k = (IPR(U_k) + IPR(V_k) + IPR(W_k)) / 3`` for every hidden neuron k.
+
+    A neuron whose weights weight decay drove to exactly zero has no spectrum: its
+    IPR is NaN, and the network IPR (a ``nanmean``) leaves it out.
+    """
+    return (ipr(params["U"].T) + ipr(params["V"].T) + ipr(params["W"])) / 3.0
+
+
+def weight_norm(params: Params) -> jax.Array:
+    """Frobenius norm of all parameters together."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(w)) for w in jax.tree.leaves(params)))
+
+
+def loss_terms(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
+    """Per-example loss: MSE averaged over the ``p`` outputs against one-hot
+    targets (``nn.MSELoss`` semantics), or softmax cross-entropy."""
+    if loss == "mse":
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        return jnp.mean(jnp.square(logits - onehot), axis=-1)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``x`` over ``mask``; NaN when the mask is empty (e.g. ξ = 0)."""
+    return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.sum(mask)
+
+
+def evaluate(all_logits: jax.Array, ds: Dataset, all_labels: jax.Array, loss: str) -> dict:
+    """Accuracy and loss metrics from the logits of all ``p²`` pairs.
+
+    ``all_logits`` and ``all_labels`` are in pair order ``m·p + n``; the training
+    rows are gathered from them through ``ds.order``.
+    """
+    pred = jnp.argmax(all_logits, axis=-1)
+    idx = ds.order[: ds.m.shape[0]]
+    row_pred, row_logits = pred[idx], all_logits[idx]
+    hit = row_pred == ds.label
+    hit_true = row_pred == ds.true_label
+    clean = ds.train & ~ds.corrupt
+    return {
+        "train_loss": masked_mean(loss_terms(row_logits, ds.label, loss), ds.train),
+        "test_loss": masked_mean(loss_terms(all_logits, all_labels, loss), ds.test),
+        "train_acc": masked_mean(hit, ds.train),
+        "test_acc": masked_mean(pred == all_labels, ds.test),
+        "corrupt_acc": masked_mean(hit, ds.corrupt),
+        "inversion_acc": masked_mean(hit_true, ds.corrupt),
+        "clean_acc": masked_mean(hit_true, clean),
+    }

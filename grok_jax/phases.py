@@ -1,0 +1,97 @@
+"""Phase of each run from its final accuracies (PAPER.md §5, App. C, Table 2).
+
+| phase             | test acc | train acc                              |
+| ----------------- | -------- | -------------------------------------- |
+| Coexistence       | ≥ 90%    | ≥ 90%                                  |
+| Partial Inversion | ≥ 90%    | < 90% and ≥ 100(1.05 − ξ)%             |
+| Full Inversion    | ≥ 90%    | < 100(1.05 − ξ)%                       |
+| Memorization      | < 90%    | ≥ 90%                                  |
+| Forgetting        | < 90%    | < 90%, and the run lost what it had    |
+| Confusion         | < 90%    | < 90%, and it never had anything       |
+
+Forgetting vs Confusion (both end below 90% on train and test): a run is
+**Forgetting** if at some logged step its train or test accuracy was ≥ 90% (it
+learned, then lost it), or if its final weight norm is below
+``FORGET_NORM_RATIO`` (one half) of its initial norm (weight decay collapsed the
+weights, App. E). Otherwise it is **Confusion**: it never fit the data and its
+weights did not collapse. Every comparison allows ``TOL`` (1e-6) of rounding,
+so exactly 90% counts as high. A run whose loss or weight norm became NaN/inf at any
+logged step is **Diverged**, whatever its accuracies.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+PHASES = (
+    "Coexistence",
+    "Partial Inversion",
+    "Full Inversion",
+    "Memorization",
+    "Forgetting",
+    "Confusion",
+    "Diverged",
+)
+SHORT = ("C", "PI", "FI", "M", "F", "Cf", "D")  # for text tables
+THRESHOLD = 0.9  # accuracy that counts as "high"
+# Slack on every comparison: accuracies are float32 ratios (9/10 is 0.8999999762)
+# and 1.05 − 0.35 is 0.7000000000000001 in float64; neither may flip a phase.
+TOL = 1e-6
+FORGET_NORM_RATIO = 0.5  # final/initial weight norm below which a run has collapsed
+(COEXISTENCE, PARTIAL, FULL, MEMORIZATION, FORGETTING, CONFUSION, DIVERGED) = range(7)
+
+
+def classify(
+    train_acc: np.ndarray,
+    test_acc: np.ndarray,
+    xi: np.ndarray,
+    peak_acc: np.ndarray,
+    norm_ratio: np.ndarray,
+    finite: np.ndarray,
+) -> np.ndarray:
+    """Phase codes (indices into :data:`PHASES`), elementwise over broadcast inputs.
+
+    Args:
+      train_acc, test_acc: final accuracies in [0, 1].
+      xi: corruption fraction of each run.
+      peak_acc: the highest train or test accuracy at any logged step.
+      norm_ratio: final weight norm / initial weight norm.
+      finite: whether every logged loss and weight norm is finite.
+
+    Example:
+      >>> int(classify(0.7, 0.99, 0.35, 1.0, 0.9, True))  # 0.70 ≥ 1.05 − 0.35
+      1
+    """
+    train_acc, test_acc = np.asarray(train_acc), np.asarray(test_acc)
+    train_hi, test_hi = train_acc >= THRESHOLD - TOL, test_acc >= THRESHOLD - TOL
+    lost = (np.asarray(peak_acc) >= THRESHOLD - TOL) | (np.asarray(norm_ratio) < FORGET_NORM_RATIO)
+    inverted = np.where(train_acc >= 1.05 - np.asarray(xi) - TOL, PARTIAL, FULL)
+    phase = np.where(
+        test_hi,
+        np.where(train_hi, COEXISTENCE, inverted),
+        np.where(train_hi, MEMORIZATION, np.where(lost, FORGETTING, CONFUSION)),
+    )
+    return np.where(np.asarray(finite, bool), phase, DIVERGED).astype(np.int8)
+
+
+def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
+    """Phase codes from logged trajectories (arrays ``(..., n_log)``, step 0 first)."""
+    finite = np.all(
+        np.isfinite(log["train_loss"]) & np.isfinite(log["test_loss"]) & np.isfinite(log["weight_norm"]),
+        axis=-1,
+    )
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN runs are Diverged anyway
+        peak = np.nanmax(np.maximum(log["train_acc"], log["test_acc"]), axis=-1)
+        norm_ratio = log["weight_norm"][..., -1] / log["weight_norm"][..., 0]
+    return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, norm_ratio, finite)
+
+
+def majority(phase: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Most frequent phase along ``axis`` (ties go to the lower code, i.e. the
+    earlier row of the table) and the fraction of runs in it."""
+    counts = np.stack([np.sum(phase == k, axis=axis) for k in range(len(PHASES))], axis=-1)
+    top = np.argmax(counts, axis=-1)
+    return top.astype(np.int8), np.max(counts, axis=-1) / phase.shape[axis]

@@ -1,0 +1,133 @@
+"""Heatmaps of a sweep: the phase diagram and final accuracies.
+
+``config.plot.x`` and ``config.plot.y`` name the heatmap axes; seeds are
+aggregated (majority phase, mean accuracy) and every other swept axis becomes a
+panel. Titles carry the fixed settings, so a figure says what produced it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from grok_jax import phases  # noqa: E402
+
+PHASE_COLORS = ("#2ca02c", "#9bd770", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e", "#000000")
+LABELS = {"xi": "corruption fraction ξ", "wd": "weight decay", "alpha": "data fraction α",
+          "dropout": "dropout", "lr": "learning rate", "seed": "seed"}
+
+
+def title(ds: xr.Dataset) -> str:
+    """The settings a figure was made with: the fixed ones and the seed count."""
+    c = json.loads(ds.attrs["config"])
+    swept = set(json.loads(ds.attrs["axes"]))
+    parts = [f"{c['task']} mod p={c['p']}", f"N={c['width']}", f"φ={c['activation']}",
+             f"{c['loss']}", f"{c['steps']} steps", f"lr={c['lr']}"]
+    parts += [f"{k}={c[k]}" for k in ("alpha", "xi", "wd", "dropout") if k not in swept]
+    if c["batchnorm"]:
+        parts.append("BatchNorm")
+    parts.append(f"{ds.sizes.get('seed', 1)} seed(s)")
+    return ", ".join(parts)
+
+
+def _panels(da: xr.DataArray, x: str, y: str | None) -> list[tuple[str, xr.DataArray]]:
+    """Splits ``da`` into (label, 2-D array) panels over its remaining dims."""
+    rest = [d for d in da.dims if d not in (x, y)]
+    out = []
+    for combo in itertools.product(*(range(da.sizes[d]) for d in rest)):
+        sel = dict(zip(rest, combo))
+        label = ", ".join(f"{d}={da[d].values[i]:g}" for d, i in sel.items())
+        panel = da.isel(sel)
+        out.append((label, panel.transpose(y, x) if y else panel.expand_dims("_", 0)))
+    return out
+
+
+def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
+            phase: bool = False) -> str:
+    """Saves one heatmap panel per combination of the non-(x, y) dims of ``da``."""
+    panels = _panels(da, x, y)
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols + (2.2 if phase else 1.0), 3.8 * rows),
+                            squeeze=False, constrained_layout=True)
+    if phase:
+        cmap = ListedColormap(PHASE_COLORS)
+        norm = BoundaryNorm(np.arange(len(PHASE_COLORS) + 1) - 0.5, len(PHASE_COLORS))
+    else:
+        cmap, norm = "viridis", plt.Normalize(0, 1)
+    for ax, (label, panel) in zip(axs.flat, panels):
+        values = np.ma.masked_less(panel.values.astype(float), 0) if phase else panel.values
+        im = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_xticks(range(panel.shape[1]), [f"{v:g}" for v in da[x].values], rotation=90)
+        ax.set_xlabel(LABELS.get(x, x))
+        if y:
+            ax.set_yticks(range(panel.shape[0]), [f"{v:g}" for v in da[y].values])
+            ax.set_ylabel(LABELS.get(y, y))
+        else:
+            ax.set_yticks([])
+        ax.set_title(label, fontsize=10)
+    for ax in axs.flat[len(panels):]:
+        ax.axis("off")
+    if phase:
+        present = sorted(set(np.unique(da.values)) - {-1})
+        handles = [Patch(color=PHASE_COLORS[k], label=phases.PHASES[k]) for k in present]
+        fig.legend(handles=handles, loc="outside right center", title="phase")
+    else:
+        fig.colorbar(im, ax=axs, shrink=0.8, label=da.name)
+    fig.suptitle(suptitle, fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_axes(ds: xr.Dataset) -> tuple[str, str | None]:
+    """The heatmap axes: ``config.plot.x``/``y`` where swept, else the first axes."""
+    plot = json.loads(ds.attrs["config"])["plot"]
+    axes = [a for a in json.loads(ds.attrs["axes"]) if a != "seed"]
+    x = plot["x"] if plot["x"] in axes else axes[0]
+    y = plot.get("y") if plot.get("y") in axes and plot.get("y") != x else None
+    if y is None and len(axes) > 1:
+        y = next(a for a in axes if a != x)
+    return x, y
+
+
+def save_figures(ds: xr.Dataset, out: str) -> list[str]:
+    """Writes ``phase_diagram.png``, ``test_acc.png`` and ``train_acc.png`` to ``out``."""
+    x, y = plot_axes(ds)
+    phase = ds["phase_majority"] if "phase_majority" in ds else ds["phase"]
+    final = ds.isel(step=-1)
+    if "seed" in ds.dims:
+        final = final.mean("seed")
+    head = title(ds)
+    paths = [heatmap(phase, x, y, os.path.join(out, "phase_diagram.png"), f"Phase diagram: {head}", phase=True)]
+    for name in ("test_acc", "train_acc"):
+        paths.append(heatmap(final[name], x, y, os.path.join(out, f"{name}.png"), f"final {name}: {head}"))
+    return paths
+
+
+def phase_table(ds: xr.Dataset) -> str:
+    """A text table of the (majority) phase of every cell, one block per panel."""
+    x, y = plot_axes(ds)
+    phase = ds["phase_majority"] if "phase_majority" in ds else ds["phase"]
+    short = lambda k: phases.SHORT[k] if k >= 0 else "-"  # noqa: E731
+    lines = []
+    for label, panel in _panels(phase, x, y):
+        if label:
+            lines.append(f"[{label}]")
+        corner = f"{y} \\ {x}" if y else x
+        lines.append(f"{corner:>12} " + " ".join(f"{v:>5g}" for v in panel[x].values))
+        ys = [f"{v:g}" for v in panel[y].values] if y else [""]
+        for yv, row in zip(ys, panel.values):
+            lines.append(f"{yv:>12} " + " ".join(f"{short(k):>5}" for k in row))
+    lines.append("  ".join(f"{s}={n}" for s, n in zip(phases.SHORT, phases.PHASES)))
+    return "\n".join(lines)

@@ -1,0 +1,303 @@
+"""Runs a grid of training runs as ``jit(vmap(train))``, chunk by chunk, to a store.
+
+The grid is the Cartesian product of the axes in ``config.sweep`` (C order, the
+first axis slowest). Every lane carries all traced settings, so the whole grid is
+one compile group: one program, compiled once per shape (training sets are
+padded to the largest α of the grid) and reused by every chunk and by later grids
+of the same shapes. Chunks are sized by a memory budget, padded to a common size,
+and sharded across the local devices along the lane axis.
+
+Command line (see README):  python -m grok_jax.sweep --grid=wd_xi [--scale=paper]
+    [--config.steps=500] [--out=DIR] [--memory_gb=4]
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grok_jax import config as cfg
+from grok_jax import phases, plotting, results
+from grok_jax.data import split_sizes
+from grok_jax.errors import ConfigError
+from grok_jax.train import Lane, make_train
+
+class Plan(NamedTuple):
+    """What a sweep will run."""
+
+    axes: dict[str, tuple]  # swept axis -> values, in grid order
+    lanes: Lane  # numpy arrays, one entry per lane (C order of the grid)
+    xi: np.ndarray  # nominal ξ of every lane (for the phase table)
+    n_max: int  # padded training-set size
+    lanes_per_chunk: int
+    n_chunks: int
+
+    @property
+    def n_lanes(self) -> int:
+        return len(self.xi)
+
+
+def make_plan(config: ml_collections.ConfigDict, memory_gb: float, n_devices: int = 1) -> Plan:
+    """Expands the grid into per-lane values and sizes the chunks."""
+    cfg.check_config(config)
+    axes = {name: tuple(config.sweep[name]) for name in config.sweep}
+    names = cfg.TRACED_AXES
+    rows = []
+    for combo in itertools.product(*axes.values()):
+        values = {name: cfg.axis_values(config, name)[0] for name in names} | dict(zip(axes, combo))
+        n_train, n_corrupt = split_sizes(values["alpha"], values["xi"], config.task, config.p)
+        rows.append((values["seed"], n_train, n_corrupt, values["wd"], values["lr"],
+                     values["dropout"], values["xi"]))
+    cols = list(zip(*rows))
+    lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
+    n_max = int(lanes.n_train.max())
+    per_lane = lane_bytes(config, n_max)
+    fit = max(1, int(memory_gb * 2**30 // per_lane))
+    size = min(fit, len(rows))
+    size = max(n_devices, size - size % n_devices)  # every device gets the same number
+    return Plan(axes, lanes, np.asarray(cols[6], np.float64), n_max, size, -(-len(rows) // size))
+
+
+def lane_bytes(config: Any, n_max: int) -> int:
+    """Rough device memory of one lane: activations of the step (training rows)
+    and of the evaluation (all p² pairs), parameters with their AdamW state."""
+    p, width = config.p, config.width
+    acts = 8 * n_max * width + 4 * n_max * p + 3 * p * p * width + 3 * p * p * p
+    return 4 * (acts + 6 * 3 * p * width)
+
+
+def flops_per_lane(config: Any, n_max: int) -> float:
+    """Matmul FLOPs of one lane: three n×N×p products per step, one forward over
+    all pairs per log (the one-hot layer is a gather and is not counted)."""
+    n_logs = config.steps // config.log_every + 1
+    return 6.0 * n_max * config.width * config.p * config.steps + 2.0 * config.p**3 * config.width * n_logs
+
+
+_PROGRAMS: dict[tuple, Callable] = {}
+
+
+class _Progress:
+    """Host-side state of the progress bar, advanced by the compiled programs'
+    per-block callback (a cached program keeps calling the same function)."""
+
+    bar: Any = None
+    log_every = 1
+    blocks = 0  # blocks of the current chunk already counted
+
+
+def _on_log(block: np.ndarray) -> None:
+    # With several devices each calls back once per block: count the furthest.
+    done = int(block) + 1
+    if _Progress.bar is not None and done > _Progress.blocks:
+        _Progress.bar.update((done - _Progress.blocks) * _Progress.log_every)
+        _Progress.blocks = done
+
+
+def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh) -> tuple[Callable, float]:
+    """The compiled ``jit(vmap(train))`` for these static settings and shapes, and
+    the seconds spent compiling it now (0 when it came from the cache)."""
+    static = cfg.static_config(config)
+    sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+    key = (static, n_max, len(lanes.seed), tuple(mesh.devices.flat))
+    if key in _PROGRAMS:
+        return _PROGRAMS[key], 0.0
+    start = time.perf_counter()
+    fn = jax.jit(jax.vmap(make_train(static, n_max, on_log=_on_log)), in_shardings=(sharding,))
+    _PROGRAMS[key] = fn.lower(lanes).compile()
+    return _PROGRAMS[key], time.perf_counter() - start
+
+
+def run_sweep(
+    config: ml_collections.ConfigDict,
+    out: str | None = None,
+    memory_gb: float = 4.0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+):
+    """Runs every lane of the grid; returns the results as an ``xarray.Dataset``.
+
+    With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
+    as they finish. If that store exists with the same config, its finished
+    chunks are kept and skipped; with another config it is an error and nothing
+    is touched.
+
+    Example:
+      >>> ds = run_sweep(get_config(), out="results/wd_xi")
+      >>> ds.phase_majority.to_pandas()          # wd × xi table of phase codes
+    """
+    devices = jax.devices()
+    plan = make_plan(config, memory_gb, len(devices))
+    mesh = Mesh(np.asarray(devices), ("lanes",))
+    config_json = config.to_json(sort_keys=True)
+    path = results.store_path(out) if out else None
+    done = _prepare_store(path, config, config_json, plan) if path else np.zeros(plan.n_lanes, bool)
+    _print_plan(config, plan, devices, int(done.sum()), log)
+
+    size = plan.lanes_per_chunk
+    pending = [c for c in range(plan.n_chunks) if not done[c * size:(c + 1) * size].all()]
+    collected: dict[int, tuple] = {}
+    bar = _progress_bar(len(pending) * config.steps, progress)
+    _Progress.bar, _Progress.log_every = bar, config.log_every
+    for i, c in enumerate(pending):
+        bar.set_description(f"chunk {i + 1}/{len(pending)}")
+        _Progress.blocks = 0
+        start = c * size
+        count = min(size, plan.n_lanes - start)
+        # Pad the last chunk with copies of its last lane: same shape, no recompile.
+        take = np.minimum(np.arange(start, start + size), plan.n_lanes - 1)
+        chunk = Lane(*(jax.device_put(a[take], NamedSharding(mesh, PartitionSpec("lanes"))) for a in plan.lanes))
+        program, seconds = compiled_train(config, plan.n_max, chunk, mesh)
+        if seconds:
+            log(f"compiled in {seconds:.1f} s")
+        out_log, out_final = jax.device_get(program(chunk))
+        bar.update(config.steps * (i + 1) - bar.n)  # in case a callback was dropped
+        out_log = {k: v[:count] for k, v in out_log.items()}
+        out_final = {k: v[:count] for k, v in out_final.items()}
+        phase = phases.classify_log(out_log, plan.xi[start:start + count])
+        if path:
+            results.write(path, start, out_log, out_final, phase)
+        else:
+            collected[start] = (out_log, out_final, phase)
+    bar.close()
+    _Progress.bar = None
+    if path:
+        return results.load_results(path)
+    return _in_memory(config, config_json, plan, collected)
+
+
+def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.ndarray:
+    """Creates the store, or checks an existing one against ``config``; returns
+    the mask of lanes already done."""
+    if os.path.exists(path):
+        try:
+            old = results.stored_config(path)
+        except Exception as e:  # noqa: BLE001 - any unreadable store is refused
+            raise ConfigError(f"{path} exists but is not a grok_jax results store ({e}); choose another --out") from e
+        new = json.loads(config_json)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            k = diff[0]
+            raise ConfigError(
+                f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
+                "use another --out or the same config to resume"
+            )
+        return results.done_lanes(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tempfile.TemporaryFile(dir=parent).close()  # the only sure test of writability
+    except OSError as e:
+        raise ConfigError(f"output directory {parent} is not writable ({e.strerror}); choose another --out") from e
+    steps = np.arange(0, config.steps + 1, config.log_every)
+    results.create(path, config_json, plan.axes, steps, config.width, _finals(config), plan.lanes_per_chunk)
+    return np.zeros(plan.n_lanes, bool)
+
+
+def _finals(config: Any) -> tuple[str, ...]:
+    return ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
+
+
+def _in_memory(config: Any, config_json: str, plan: Plan, collected: dict[int, tuple]):
+    """The same dataset as :func:`results.load_results`, without a store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, results.STORE)
+        steps = np.arange(0, config.steps + 1, config.log_every)
+        results.create(path, config_json, plan.axes, steps, config.width, _finals(config), plan.lanes_per_chunk)
+        for start, (out_log, out_final, phase) in collected.items():
+            results.write(path, start, out_log, out_final, phase)
+        return results.load_results(path)
+
+
+def _print_plan(config: Any, plan: Plan, devices: list, n_done: int, log: Callable[[str], None]) -> None:
+    axes = " × ".join(f"{k}[{len(v)}]" for k, v in plan.axes.items()) or "(single run)"
+    flops = flops_per_lane(config, plan.n_max) * (plan.n_lanes - n_done)
+    rate = _matmul_flops_per_second()
+    log(f"grid {axes} = {plan.n_lanes} lanes; p={config.p} N={config.width} steps={config.steps}; "
+        f"1 compile group (n_train padded to {plan.n_max})")
+    log(f"{plan.n_chunks} chunk(s) of {plan.lanes_per_chunk} lanes on {len(devices)} "
+        f"{devices[0].platform} device(s); {n_done} lanes already done")
+    log(f"estimate: {flops / 1e12:.2f} TFLOP ≈ {flops / rate:.0f} s at the measured matmul rate "
+        f"of {rate / 1e9:.0f} GFLOP/s (a lower bound; compilation extra)")
+
+
+@functools.cache
+def _matmul_flops_per_second(n: int = 512, reps: int = 5) -> float:
+    """Float32 matmul throughput of the default device, measured once per process."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: (x @ x) / n)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a = f(a)
+    a.block_until_ready()
+    return 2.0 * n**3 * reps / (time.perf_counter() - start)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", disable=not enabled, file=sys.stderr, mininterval=1.0)
+
+
+def _fail(error: Exception) -> None:
+    """Bad input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _cli() -> None:
+    """``python -m grok_jax.sweep``: flags are defined here, not at import time."""
+    import logging as std_logging
+
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    grid = flags.DEFINE_string("grid", "wd_xi", f"grid: a name in sweeps/ ({', '.join(cfg.available_grids())}) "
+                               "or a path to a config file with get_config(scale)")
+    scale = flags.DEFINE_enum("scale", "small", cfg.SCALES, "small: minutes on a laptop CPU; paper: the paper's p, N, steps")
+    out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])")
+    memory = flags.DEFINE_float("memory_gb", 4.0, "device memory budget per chunk of lanes, GiB")
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            flags.FLAGS(argv, known_only=True)  # --grid and --scale pick the config file
+            path = cfg.grid_path(grid.value)
+            config_flags.DEFINE_config_file("config", f"{path}:{scale.value}", "the grid's config; "
+                                            "override fields as --config.steps=500")
+            return flags.FLAGS(argv)
+        except (ConfigError, flags.Error) as e:
+            _fail(e)
+
+    def main(argv: list[str]) -> None:
+        if flags.FLAGS["verbosity"].using_default_value:
+            std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
+        if len(argv) > 1:
+            _fail(ConfigError(f"unexpected arguments {argv[1:]}; use --flag=value"))
+        name = os.path.splitext(os.path.basename(grid.value))[0]
+        target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))
+        try:
+            ds = run_sweep(flags.FLAGS.config, target, memory.value)
+        except ConfigError as e:
+            _fail(e)
+        print(plotting.phase_table(ds))
+        for path in plotting.save_figures(ds, target):
+            print(f"wrote {path}")
+        print(f"results: {results.store_path(target)}  (grok_jax.load_results({target!r}))")
+
+    app.run(main, flags_parser=parse)
+
+
+if __name__ == "__main__":
+    _cli()

@@ -1,0 +1,84 @@
+"""Data: exact split sizes, corrupted counts, clean test labels, masks, tasks."""
+
+import jax
+import numpy as np
+import pytest
+
+from grok_jax.data import make_dataset, pair_labels, split_sizes
+from grok_jax.errors import ConfigError
+
+
+def _dataset(task="add", p=11, alpha=0.6, xi=0.3, seed=0, n_max=None):
+    n_train, n_corrupt = split_sizes(alpha, xi, task, p)
+    ds = make_dataset(jax.random.key(seed), jax.random.key(seed + 100), n_train, n_corrupt,
+                      task=task, p=p, n_max=n_max or n_train)
+    return jax.tree.map(np.asarray, ds), n_train, n_corrupt
+
+
+def test_split_sizes_are_the_paper_floors():
+    assert split_sizes(0.6, 0.3, "add", 11) == (72, 21)  # ⌊0.6·121⌋, ⌊0.3·72⌋
+    assert split_sizes(0.5, 0.35, "add", 97) == (4704, 1646)
+    assert split_sizes(0.7, 0.0, "add", 10) == (70, 0)  # not 69 from 0.7's rounding
+    assert split_sizes(0.5, 1.0, "add", 11) == (60, 60)
+    assert split_sizes(0.5, 0.2, "div", 7) == (21, 4)  # 42 usable pairs: n ≠ 0
+
+
+def test_masks_counts_and_labels():
+    ds, n_train, n_corrupt = _dataset(n_max=90)  # padded beyond n_train
+    p = 11
+    assert ds.train.sum() == n_train and ds.train[:n_train].all()
+    assert ds.corrupt.sum() == n_corrupt and ds.corrupt[:n_corrupt].all()
+    assert not (ds.corrupt & ~ds.train).any()
+    assert ds.train_pair.sum() == n_train and ds.test.sum() == p * p - n_train
+    assert not (ds.train_pair & ds.test).any()
+    # The training rows are exactly the training pairs, and their operands match.
+    np.testing.assert_array_equal(np.sort(ds.order[:n_train]), np.flatnonzero(ds.train_pair))
+    np.testing.assert_array_equal(ds.m * p + ds.n, ds.order[:90])
+    np.testing.assert_array_equal(ds.true_label, (ds.m + ds.n) % p)
+    clean = ~ds.corrupt
+    np.testing.assert_array_equal(ds.label[clean], ds.true_label[clean])
+    assert ((ds.label >= 0) & (ds.label < p)).all()
+    # Random labels: mostly wrong, about 1/p of them equal to the true one by chance.
+    assert (ds.label[ds.corrupt] != ds.true_label[ds.corrupt]).mean() > 0.7
+
+
+def test_test_labels_are_never_corrupted():
+    p = 11
+    m, n = np.divmod(np.arange(p * p), p)
+    np.testing.assert_array_equal(np.asarray(pair_labels("add", p)), (m + n) % p)
+
+
+def test_training_sets_are_nested_across_alpha():
+    small, n_small, _ = _dataset(alpha=0.3)
+    large, _, _ = _dataset(alpha=0.6)
+    np.testing.assert_array_equal(small.order[:n_small], large.order[:n_small])
+
+
+@pytest.mark.parametrize("task,op", [("sub", lambda m, n, p: (m - n) % p), ("mul", lambda m, n, p: (m * n) % p)])
+def test_task_labels(task, op):
+    p = 13
+    m, n = np.divmod(np.arange(p * p), p)
+    np.testing.assert_array_equal(np.asarray(pair_labels(task, p)), op(m, n, p))
+
+
+def test_division_uses_only_nonzero_divisors():
+    p = 7
+    ds, n_train, _ = _dataset("div", p=p, alpha=0.5, xi=0.0)
+    assert (ds.n[:n_train] != 0).all()
+    assert ds.test.sum() == p * (p - 1) - n_train
+    m, n = np.divmod(np.flatnonzero(ds.test), p)
+    label = np.asarray(pair_labels("div", p))[np.flatnonzero(ds.test)]
+    assert (n != 0).all()
+    np.testing.assert_array_equal((label * n) % p, m)  # label = m / n mod p
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(alpha=0.5, xi=1.5, task="add", p=11), "xi=1.5"),
+    (dict(alpha=0.5, xi=-0.1, task="add", p=11), "xi=-0.1"),
+    (dict(alpha=0.005, xi=0.0, task="add", p=11), "alpha=0.005"),
+    (dict(alpha=1.0, xi=0.0, task="add", p=11), "alpha=1.0"),
+])
+def test_bad_fractions_are_one_line_errors(kwargs, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        split_sizes(**kwargs)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,55 @@
+"""Phase classification (PAPER.md §5) on hand-made accuracy tables."""
+
+import numpy as np
+import pytest
+
+from grok_jax import phases
+from grok_jax.phases import (COEXISTENCE, CONFUSION, DIVERGED, FORGETTING, FULL, MEMORIZATION,
+                             PARTIAL, classify, classify_log, majority)
+
+# (train, test, xi, peak, norm_ratio, finite) -> phase
+CASES = [
+    (1.00, 1.00, 0.35, 1.0, 1.2, True, COEXISTENCE),
+    (0.90, 0.90, 0.35, 1.0, 1.2, True, COEXISTENCE),  # both boundaries count as high
+    (np.float32(9) / np.float32(10), 0.95, 0.2, 1.0, 1.0, True, COEXISTENCE),  # float32 0.9
+    (0.8999, 0.95, 0.35, 1.0, 1.0, True, PARTIAL),
+    (0.70, 0.95, 0.35, 1.0, 1.0, True, PARTIAL),  # exactly 1.05 − ξ is partial
+    (0.6999, 0.95, 0.35, 1.0, 1.0, True, FULL),
+    (0.65, 0.99, 0.35, 1.0, 1.0, True, FULL),  # ≈ 1 − ξ: fits none of the wrong labels
+    (0.85, 0.99, 0.10, 1.0, 1.0, True, FULL),  # ξ < 0.15: no room for partial
+    (1.00, 0.8999, 0.35, 1.0, 1.5, True, MEMORIZATION),
+    (0.05, 0.03, 0.35, 1.0, 0.9, True, FORGETTING),  # reached 100%, then lost it
+    (0.05, 0.03, 0.35, 0.2, 0.1, True, FORGETTING),  # never learned, weights collapsed
+    (0.05, 0.03, 0.35, 0.2, 0.8, True, CONFUSION),  # never learned, weights intact
+    (0.30, 0.20, 0.35, 0.8999, 0.5, True, CONFUSION),  # norm ratio 0.5 is not < 0.5
+    (1.00, 1.00, 0.35, 1.0, 1.0, False, DIVERGED),
+]
+
+
+@pytest.mark.parametrize("train,test,xi,peak,ratio,finite,expected", CASES)
+def test_table(train, test, xi, peak, ratio, finite, expected):
+    got = int(classify(train, test, xi, peak, ratio, finite))
+    assert got == expected, f"{phases.PHASES[got]} != {phases.PHASES[expected]}"
+
+
+def test_vectorized_matches_elementwise():
+    cols = [np.array(c) for c in zip(*CASES)]
+    np.testing.assert_array_equal(classify(*cols[:6]), cols[6])
+
+
+def test_classify_log_uses_trajectory():
+    log = {
+        "train_loss": np.array([[1.0, 0.1, 0.2], [1.0, np.nan, 0.1]]),
+        "test_loss": np.ones((2, 3)),
+        "train_acc": np.array([[0.0, 1.0, 0.1], [0.0, 1.0, 1.0]]),
+        "test_acc": np.array([[0.0, 0.5, 0.05], [0.0, 1.0, 1.0]]),
+        "weight_norm": np.array([[10.0, 12.0, 9.0], [10.0, 10.0, 10.0]]),
+    }
+    np.testing.assert_array_equal(classify_log(log, np.array([0.2, 0.2])), [FORGETTING, DIVERGED])
+
+
+def test_majority_and_ties():
+    phase = np.array([[0, 0, 3], [3, 0, 3], [4, 5, 6]], np.int8)
+    top, frac = majority(phase, axis=1)
+    np.testing.assert_array_equal(top, [0, 3, 4])  # the 3-way tie goes to the lowest code
+    np.testing.assert_allclose(frac, [2 / 3, 2 / 3, 1 / 3])

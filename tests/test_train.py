@@ -1,0 +1,149 @@
+"""Training: AdamW and whole trajectories against NumPy; lanes alone vs in a sweep."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import pytest
+
+from grok_jax.config import base_config, static_config
+from grok_jax.data import make_dataset, split_sizes
+from grok_jax.models import init_params
+from grok_jax.sweep import lane_bytes, make_plan, run_sweep
+from grok_jax.train import Lane, make_optimizer, make_train, stream_key
+
+
+def test_one_adamw_step_is_pytorchs():
+    config = base_config()
+    key = jax.random.key(0)
+    w = {"a": jax.random.normal(key, (5, 3)), "b": jax.random.normal(jax.random.key(1), (4,))}
+    g = jax.tree.map(lambda x: jnp.sin(3 * x) + 0.1, w)
+    lr, wd = 0.01, 5.0
+    opt = make_optimizer(jnp.float32(lr), jnp.float32(wd), config)
+    state = opt.init(w)
+    new = w
+    m = {k: np.zeros_like(v) for k, v in w.items()}
+    v = {k: np.zeros_like(x) for k, x in w.items()}
+    expected = {k: np.asarray(x, np.float64) for k, x in w.items()}
+    for t in (1, 2):  # two steps, so the bias corrections and the moments both matter
+        updates, state = opt.update(g, state, new)
+        new = jax.tree.map(lambda a, b: a + b, new, updates)
+        for k in w:  # torch.optim.AdamW, written out
+            gk = np.asarray(g[k], np.float64)
+            expected[k] = expected[k] * (1 - lr * wd)
+            m[k] = 0.9 * m[k] + 0.1 * gk
+            v[k] = 0.98 * v[k] + 0.02 * gk**2
+            expected[k] -= lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.98**t)) + 1e-8)
+    for k in w:
+        np.testing.assert_allclose(new[k], expected[k], rtol=1e-5, atol=1e-7)
+
+
+def _small(**overrides):
+    config = base_config()
+    config.update(dict(p=11, width=16, steps=30, log_every=5, alpha=0.6, xi=0.3, wd=2.0), **overrides)
+    return config
+
+
+@pytest.mark.parametrize("activation,loss", [("quad", "mse"), ("relu", "ce")])
+def test_trajectory_matches_numpy_oracle(activation, loss):
+    config = _small(activation=activation, loss=loss)
+    n_train, n_corrupt = split_sizes(config.alpha, config.xi, config.task, config.p)
+    seed = jnp.int32(3)
+    lane = Lane(seed, jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
+                jnp.float32(config.lr), jnp.float32(0.0))
+    log, _ = jax.jit(make_train(static_config(config), n_train))(lane)
+    # The same initial weights and data, handed to the NumPy implementation.
+    params0 = jax.tree.map(np.asarray, init_params(stream_key(seed, "init"), config.p, config.width))
+    ds = make_dataset(stream_key(seed, "split"), stream_key(seed, "corrupt"), n_train, n_corrupt,
+                      task="add", p=config.p, n_max=n_train)
+    m, n, y = (np.asarray(a) for a in (ds.m, ds.n, ds.label))
+    final, losses = ref.train_reference(params0, m, n, y, config.steps, config.lr, config.wd,
+                                        activation=activation, loss=loss)
+    end_loss, _ = ref.loss_and_grads(final, m, n, y, activation, loss)
+    expected = np.array(losses + [end_loss])[:: config.log_every]
+    np.testing.assert_allclose(log["train_loss"], expected, rtol=2e-3)
+    assert expected[-1] < 0.9 * expected[0]  # it trained: the check is not vacuous
+    train_acc = np.mean(np.argmax(ref.forward(final, m, n, activation), -1) == y)
+    assert abs(float(log["train_acc"][-1]) - train_acc) <= 1 / n_train
+
+
+def _grid():
+    config = _small(steps=40, log_every=10)
+    config.sweep.alpha = (0.4, 0.6)  # lanes of α = 0.4 are padded to the 0.6 training set
+    config.sweep.dropout = (0.0, 0.3)
+    config.sweep.wd = (0.0, 3.0)
+    config.sweep.seed = (0, 1)
+    return config
+
+
+def test_a_lane_in_the_sweep_equals_the_same_run_alone():
+    config = _grid()
+    ds = run_sweep(config, progress=False, log=lambda s: None)
+    for sel in (dict(alpha=0.4, dropout=0.3, wd=3.0, seed=1), dict(alpha=0.6, dropout=0.0, wd=0.0, seed=0)):
+        alone_config = _small(steps=40, log_every=10, **sel)
+        n_train, n_corrupt = split_sizes(sel["alpha"], config.xi, config.task, config.p)
+        lane = Lane(jnp.int32(sel["seed"]), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(sel["wd"]),
+                    jnp.float32(config.lr), jnp.float32(sel["dropout"]))
+        alone_static = static_config(alone_config).as_configdict()
+        alone_static.use_dropout = True  # a rate of 0 must then keep every unit
+        log, final = jax.jit(make_train(alone_static, n_train))(lane)  # unpadded, no vmap
+        cell = ds.sel(sel)
+        for name, values in log.items():
+            np.testing.assert_allclose(cell[name].values, values, rtol=1e-4, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(cell["ipr_k"].values, final["ipr_k"], rtol=1e-4)
+
+
+def test_rate_zero_dropout_equals_no_dropout_program():
+    config = _small()
+    n_train, n_corrupt = split_sizes(config.alpha, config.xi, config.task, config.p)
+    lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(1.0),
+                jnp.float32(0.01), jnp.float32(0.0))
+    plain = static_config(config)
+    with_masks = plain.as_configdict()
+    with_masks.use_dropout = True
+    a, _ = jax.jit(make_train(plain, n_train))(lane)
+    b, _ = jax.jit(make_train(with_masks, n_train))(lane)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-6, err_msg=name)
+
+
+def test_second_sweep_with_other_values_does_not_recompile(tiny):
+    run_sweep(tiny, progress=False, log=lambda s: None)
+    compiles = []
+    listener = lambda event, secs, **kw: compiles.append(event) if "backend_compile" in event else None  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        tiny.sweep.wd = (1.0, 7.0)
+        tiny.sweep.xi = (0.1, 0.2)
+        tiny.sweep.seed = (5, 6)
+        ds = run_sweep(tiny, progress=False, log=lambda s: None)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    assert list(ds.wd.values) == [1.0, 7.0] and bool(ds.done.all())
+
+
+def test_chunked_grid_equals_one_chunk(tiny):
+    one = run_sweep(tiny, progress=False, log=lambda s: None)
+    plan = make_plan(tiny, memory_gb=1.0)
+    budget = 3.5 * lane_bytes(tiny, plan.n_max) / 2**30  # three lanes per chunk: 3 chunks, last padded
+    assert make_plan(tiny, budget).n_chunks == 3
+    chunked = run_sweep(tiny, memory_gb=budget, progress=False, log=lambda s: None)
+    for name in ("train_loss", "test_acc", "ipr_k", "phase"):
+        np.testing.assert_allclose(chunked[name].values, one[name].values, rtol=1e-5, err_msg=name)
+
+
+def test_diverged_runs_are_marked(tiny):
+    tiny.sweep.lr = (0.01, 1e4)  # with wd = 5 each step multiplies w by 1 − lr·wd = −49999
+    ds = run_sweep(tiny, progress=False, log=lambda s: None)
+    assert not np.isfinite(ds.weight_norm.sel(lr=1e4, wd=5.0).isel(step=-1)).any()
+    assert (ds.phase.sel(lr=1e4, wd=5.0) == 6).all()  # Diverged
+    assert (ds.phase.sel(lr=0.01) != 6).all()
+
+
+def test_batchnorm_learns_a_scale_per_neuron(tiny):
+    tiny.batchnorm = True
+    ds = run_sweep(tiny, progress=False, log=lambda s: None)
+    assert ds.bn_scale.sizes["neuron"] == tiny.width
+    assert np.isfinite(ds.bn_scale.values).all() and np.isfinite(ds.train_loss.values).all()
+    assert float(np.abs(ds.bn_scale - 1).max()) > 1e-3  # it moved from its init
