@@ -26,7 +26,7 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.scale = scale  # which preset the sizes below come from (recorded for titles)
     c.task = "add"  # (m ∘ n) mod p with ∘ one of add, sub, mul, div (div needs prime p)
-    c.p = 97 if paper else 23  # modulus; the data set is all p² ordered pairs
+    c.p = 97 if paper else 41  # modulus; the data set is all p² ordered pairs
     c.width = 500 if paper else 128  # hidden width N
     c.activation = "quad"  # φ: "quad" (x², the paper's Eq. 1) or "relu" (App. N)
     c.batchnorm = False  # post-activation BatchNorm with learned scale and shift (Eq. 5)
@@ -49,10 +49,17 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises ``ConfigError`` with a one-line message naming the first bad value."""
+    known = set(base_config())
+    for name in config:
+        if name not in known:
+            raise ConfigError(f"unknown config field {name!r}; valid fields: {', '.join(sorted(known))}")
     check_task(config.task, config.p)
     for name in config.sweep:
         if name not in TRACED_AXES:
             raise ConfigError(f"cannot sweep {name!r}; sweepable axes: {', '.join(TRACED_AXES)}")
+        if not isinstance(config.sweep[name], (tuple, list)):
+            raise ConfigError(f"sweep axis {name!r} must be a tuple of values, e.g. (0, 1), "
+                              f"not {config.sweep[name]!r}")
         values = tuple(config.sweep[name])
         if not values:
             raise ConfigError(f"sweep axis {name!r} has no values")

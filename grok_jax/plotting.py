@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import textwrap
 
 import matplotlib
 
@@ -84,7 +85,8 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
         fig.legend(handles=handles, loc="outside right center", title="phase")
     else:
         fig.colorbar(im, ax=axs, shrink=0.8, label=da.name)
-    fig.suptitle(suptitle, fontsize=10)
+    width_in = fig.get_size_inches()[0]
+    fig.suptitle("\n".join(textwrap.wrap(suptitle, width=int(width_in * 13))), fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -110,8 +112,9 @@ def save_figures(ds: xr.Dataset, out: str) -> list[str]:
         final = final.mean("seed")
     head = title(ds)
     paths = [heatmap(phase, x, y, os.path.join(out, "phase_diagram.png"), f"Phase diagram: {head}", phase=True)]
-    for name in ("test_acc", "train_acc"):
-        paths.append(heatmap(final[name], x, y, os.path.join(out, f"{name}.png"), f"final {name}: {head}"))
+    for name, what in (("test_acc", "test accuracy"), ("train_acc", "train accuracy (labels trained on)")):
+        da = final[name].rename(what)
+        paths.append(heatmap(da, x, y, os.path.join(out, f"{name}.png"), f"Final {what}: {head}"))
     return paths
 
 

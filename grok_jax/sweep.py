@@ -137,6 +137,7 @@ def run_sweep(
       >>> ds = run_sweep(get_config(), out="results/wd_xi")
       >>> ds.phase_majority.to_pandas()          # wd × xi table of phase codes
     """
+    cfg.check_config(config)  # before touching devices: bad input fails fast
     devices = jax.devices()
     plan = make_plan(config, memory_gb, len(devices))
     mesh = Mesh(np.asarray(devices), ("lanes",))
@@ -253,7 +254,7 @@ def _progress_bar(total: int, enabled: bool):
 
 def _fail(error: Exception) -> None:
     """Bad input: one line on stderr, exit status 2, no traceback."""
-    print(f"error: {error}", file=sys.stderr)
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -274,14 +275,17 @@ def _cli() -> None:
         try:
             flags.FLAGS(argv, known_only=True)  # --grid and --scale pick the config file
             path = cfg.grid_path(grid.value)
+            # New attributes allowed so that an axis can be added from the command line
+            # (--config.sweep.seed="(0,1,2)"); check_config rejects unknown fields.
             config_flags.DEFINE_config_file("config", f"{path}:{scale.value}", "the grid's config; "
-                                            "override fields as --config.steps=500")
+                                            "override fields as --config.steps=500",
+                                            lock_config=False, accept_new_attributes=True)
             return flags.FLAGS(argv)
-        except (ConfigError, flags.Error) as e:
+        except (ConfigError, flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
             _fail(e)
 
     def main(argv: list[str]) -> None:
-        if flags.FLAGS["verbosity"].using_default_value:
+        if not flags.FLAGS["verbosity"].present:
             std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
         if len(argv) > 1:
             _fail(ConfigError(f"unexpected arguments {argv[1:]}; use --flag=value"))
