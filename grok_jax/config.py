@@ -61,6 +61,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"sweep axis {name!r} must be a tuple of values, e.g. (0, 1), "
                               f"not {config.sweep[name]!r}")
         values = tuple(config.sweep[name])
+        for value in values:
+            integral = isinstance(value, int) and not isinstance(value, bool)
+            if not (integral if name == "seed" else integral or isinstance(value, float)):
+                kind = "integers" if name == "seed" else "numbers"
+                raise ConfigError(f"sweep axis {name!r} has {value!r}; its values must be {kind}")
         if not values:
             raise ConfigError(f"sweep axis {name!r} has no values")
         if len(set(values)) != len(values):
@@ -119,7 +124,8 @@ def grid_path(grid: str) -> str:
         return os.path.abspath(grid)
     path = os.path.join(SWEEPS_DIR, f"{grid}.py")
     if not os.path.isfile(path):
-        raise ConfigError(f"unknown grid {grid!r}; valid grids: {', '.join(available_grids())}")
+        valid = ", ".join(available_grids()) or f"none found in {SWEEPS_DIR} (install with pip install -e)"
+        raise ConfigError(f"unknown grid {grid!r}; valid grids: {valid}")
     return path
 
 

@@ -23,7 +23,10 @@ METRICS = (
     "corrupt_acc",  # corrupted examples vs their corrupted labels (memorization)
     "inversion_acc",  # corrupted examples vs their true labels (inversion)
     "clean_acc",  # uncorrupted training examples
-    "weight_norm",  # Frobenius norm of all parameters together
+    "weight_norm",  # Frobenius norm of U, V and W together
+    "norm_U",  # Frobenius norm of each layer
+    "norm_V",
+    "norm_W",
     "ipr",  # mean of IPR_k over the neurons that have one (see neuron_ipr)
 )
 
@@ -35,6 +38,8 @@ def ipr(x: jax.Array) -> jax.Array:
       >>> float(ipr(jnp.cos(2 * jnp.pi * 3 * jnp.arange(11) / 11)))  # doctest: +ELLIPSIS
       1.0...
     """
+    # IPR is scale-free; normalizing first keeps tiny (decayed) rows from underflowing.
+    x = x / jnp.max(jnp.abs(x), axis=-1, keepdims=True)
     power = jnp.square(jnp.abs(jnp.fft.rfft(x, axis=-1)))
     return jnp.sum(jnp.square(power), axis=-1) / jnp.square(jnp.sum(power, axis=-1))
 
@@ -48,9 +53,13 @@ def neuron_ipr(params: Params) -> jax.Array:
     return (ipr(params["U"].T) + ipr(params["V"].T) + ipr(params["W"])) / 3.0
 
 
-def weight_norm(params: Params) -> jax.Array:
-    """Frobenius norm of all parameters together."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(w)) for w in jax.tree.leaves(params)))
+def weight_norms(params: Params) -> dict[str, jax.Array]:
+    """Frobenius norms of U, V, W and of the three together (BatchNorm's scale and
+    shift are left out: they start at ones and would hide the weights' decay)."""
+    sq = {k: jnp.sum(jnp.square(params[k])) for k in "UVW"}
+    out = {f"norm_{k}": jnp.sqrt(v) for k, v in sq.items()}
+    out["weight_norm"] = jnp.sqrt(sum(sq.values()))
+    return out
 
 
 def loss_terms(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:

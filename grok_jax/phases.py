@@ -91,7 +91,11 @@ def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
 
 def majority(phase: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Most frequent phase along ``axis`` (ties go to the lower code, i.e. the
-    earlier row of the table) and the fraction of runs in it."""
+    earlier row of the table) and the fraction of finished runs in it. Runs not
+    finished yet (code -1) are not counted; a cell with none finished gets -1 and
+    fraction NaN."""
     counts = np.stack([np.sum(phase == k, axis=axis) for k in range(len(PHASES))], axis=-1)
-    top = np.argmax(counts, axis=-1)
-    return top.astype(np.int8), np.max(counts, axis=-1) / phase.shape[axis]
+    finished = counts.sum(axis=-1)
+    top = np.where(finished > 0, np.argmax(counts, axis=-1), -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return top.astype(np.int8), np.max(counts, axis=-1) / finished

@@ -33,8 +33,8 @@ def title(ds: xr.Dataset) -> str:
     c = json.loads(ds.attrs["config"])
     swept = set(json.loads(ds.attrs["axes"]))
     parts = [f"{c['task']} mod p={c['p']}", f"N={c['width']}", f"φ={c['activation']}",
-             f"{c['loss']}", f"{c['steps']} steps", f"lr={c['lr']}"]
-    parts += [f"{k}={c[k]}" for k in ("alpha", "xi", "wd", "dropout") if k not in swept]
+             f"{c['loss']}", f"{c['steps']} steps"]
+    parts += [f"{k}={c[k]}" for k in ("lr", "alpha", "xi", "wd", "dropout") if k not in swept]
     if c["batchnorm"]:
         parts.append("BatchNorm")
     parts.append(f"{ds.sizes.get('seed', 1)} seed(s)")
@@ -54,9 +54,11 @@ def _panels(da: xr.DataArray, x: str, y: str | None) -> list[tuple[str, xr.DataA
 
 
 def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
-            phase: bool = False) -> str:
-    """Saves one heatmap panel per combination of the non-(x, y) dims of ``da``."""
+            phase: bool = False, fraction: xr.DataArray | None = None) -> str:
+    """Saves one heatmap panel per combination of the non-(x, y) dims of ``da``;
+    cells whose ``fraction`` (of seeds in the majority phase) is below 1 show it."""
     panels = _panels(da, x, y)
+    fractions = [f for _, f in _panels(fraction, x, y)] if fraction is not None else [None] * len(panels)
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols + (2.2 if phase else 1.0), 3.8 * rows),
@@ -66,9 +68,12 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
         norm = BoundaryNorm(np.arange(len(PHASE_COLORS) + 1) - 0.5, len(PHASE_COLORS))
     else:
         cmap, norm = "viridis", plt.Normalize(0, 1)
-    for ax, (label, panel) in zip(axs.flat, panels):
+    for ax, (label, panel), frac in zip(axs.flat, panels, fractions):
         values = np.ma.masked_less(panel.values.astype(float), 0) if phase else panel.values
         im = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        for (i, j), f in np.ndenumerate(frac.values if frac is not None else []):
+            if f < 1:
+                ax.text(j, i, f"{f:.0%}", ha="center", va="center", fontsize=7, color="white")
         ax.set_xticks(range(panel.shape[1]), [f"{v:g}" for v in da[x].values], rotation=90)
         ax.set_xlabel(LABELS.get(x, x))
         if y:
@@ -92,10 +97,13 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
     return path
 
 
-def plot_axes(ds: xr.Dataset) -> tuple[str, str | None]:
-    """The heatmap axes: ``config.plot.x``/``y`` where swept, else the first axes."""
+def plot_axes(ds: xr.Dataset) -> tuple[str | None, str | None]:
+    """The heatmap axes: ``config.plot.x``/``y`` where swept, else the first axes
+    (``None`` when nothing but seeds is swept)."""
     plot = json.loads(ds.attrs["config"])["plot"]
     axes = [a for a in json.loads(ds.attrs["axes"]) if a != "seed"]
+    if not axes:
+        return None, None
     x = plot["x"] if plot["x"] in axes else axes[0]
     y = plot.get("y") if plot.get("y") in axes and plot.get("y") != x else None
     if y is None and len(axes) > 1:
@@ -104,14 +112,19 @@ def plot_axes(ds: xr.Dataset) -> tuple[str, str | None]:
 
 
 def save_figures(ds: xr.Dataset, out: str) -> list[str]:
-    """Writes ``phase_diagram.png``, ``test_acc.png`` and ``train_acc.png`` to ``out``."""
+    """Writes ``phase_diagram.png``, ``test_acc.png`` and ``train_acc.png`` to ``out``
+    (nothing for a grid that sweeps no axis but seeds: it has no map to draw)."""
     x, y = plot_axes(ds)
+    if x is None:
+        return []
     phase = ds["phase_majority"] if "phase_majority" in ds else ds["phase"]
+    fraction = ds["phase_fraction"] if "phase_fraction" in ds else None
     final = ds.isel(step=-1)
     if "seed" in ds.dims:
         final = final.mean("seed")
     head = title(ds)
-    paths = [heatmap(phase, x, y, os.path.join(out, "phase_diagram.png"), f"Phase diagram: {head}", phase=True)]
+    paths = [heatmap(phase, x, y, os.path.join(out, "phase_diagram.png"), f"Phase diagram: {head}", phase=True,
+                     fraction=fraction)]
     for name, what in (("test_acc", "test accuracy"), ("train_acc", "train accuracy (labels trained on)")):
         da = final[name].rename(what)
         paths.append(heatmap(da, x, y, os.path.join(out, f"{name}.png"), f"Final {what}: {head}"))
@@ -119,18 +132,24 @@ def save_figures(ds: xr.Dataset, out: str) -> list[str]:
 
 
 def phase_table(ds: xr.Dataset) -> str:
-    """A text table of the (majority) phase of every cell, one block per panel."""
+    """A text table of the (majority) phase of every cell, one block per panel;
+    ``*`` marks cells where the seeds disagree."""
     x, y = plot_axes(ds)
     phase = ds["phase_majority"] if "phase_majority" in ds else ds["phase"]
-    short = lambda k: phases.SHORT[k] if k >= 0 else "-"  # noqa: E731
+    split = (ds["phase_fraction"] < 1) if "phase_fraction" in ds else xr.zeros_like(phase, bool)
+    short = lambda k, s: (phases.SHORT[k] if k >= 0 else "-") + ("*" if s else "")  # noqa: E731
+    legend = "  ".join(f"{s}={n}" for s, n in zip(phases.SHORT, phases.PHASES))
+    if x is None:
+        code, agree = int(phase.values), float(ds["phase_fraction"]) if "phase_fraction" in ds else 1.0
+        return f"phase: {phases.PHASES[code] if code >= 0 else 'not run'} ({agree:.0%} of seeds)"
     lines = []
-    for label, panel in _panels(phase, x, y):
+    for (label, panel), (_, disagree) in zip(_panels(phase, x, y), _panels(split, x, y)):
         if label:
             lines.append(f"[{label}]")
         corner = f"{y} \\ {x}" if y else x
         lines.append(f"{corner:>12} " + " ".join(f"{v:>5g}" for v in panel[x].values))
         ys = [f"{v:g}" for v in panel[y].values] if y else [""]
-        for yv, row in zip(ys, panel.values):
-            lines.append(f"{yv:>12} " + " ".join(f"{short(k):>5}" for k in row))
-    lines.append("  ".join(f"{s}={n}" for s, n in zip(phases.SHORT, phases.PHASES)))
+        for yv, row, srow in zip(ys, panel.values, disagree.values):
+            lines.append(f"{yv:>12} " + " ".join(f"{short(k, s):>5}" for k, s in zip(row, srow)))
+    lines.append(legend + ("  (* seeds disagree)" if bool(split.any()) else ""))
     return "\n".join(lines)

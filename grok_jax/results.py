@@ -6,7 +6,7 @@ crash loses at most the chunk in flight; ``done`` marks the lanes written. The
 whole config (JSON), the swept axes and their values are in the attributes.
 :func:`load_results` reshapes ``lane`` into the swept axes:
 
-    >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, seed, step, neuron
+    >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, neuron
     >>> ds.test_acc.isel(step=-1).mean("seed").to_pandas()
 """
 
@@ -66,6 +66,11 @@ def create(
 def stored_config(path: str) -> dict[str, Any]:
     """The config a store was created with."""
     return json.loads(_open(path).attrs["config"])
+
+
+def stored_format(path: str) -> int:
+    """The layout version a store was written with."""
+    return int(_open(path).attrs.get("format", 0))
 
 
 def done_lanes(path: str) -> np.ndarray:

@@ -90,7 +90,7 @@ def make_train(
         h = features(params, all_m, all_n, act)
         logits = readout(params, h, bn_stats(h, ds.train_pair) if bn else None)
         out = metrics.evaluate(logits, ds, all_labels, config.loss)
-        out["weight_norm"] = metrics.weight_norm(params)
+        out.update(metrics.weight_norms(params))
         out["ipr"] = jnp.nanmean(metrics.neuron_ipr(params))
         return out
 

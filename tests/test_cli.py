@@ -53,12 +53,15 @@ def test_end_to_end_and_resume(tmp_path):
     (["--grid=tiny", "--config.sweep.width=(8,16)"], "'width'"),
     (["--grid=tiny", "--scale=huge"], "huge"),
     (["--grid=tiny", "--out=/proc/grok_jax_out"], "/proc"),
+    (["--grid=tiny", "--config.sweep.seed=(0.5,0.7)"], "0.5"),
+    (["--grid=tiny", "--config.sweep.xi=('a',)"], "'a'"),
+    (["--grid=tiny", "--config.stepz=3"], "stepz"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     if not any(a.startswith("--out") for a in args):
         args = [*args, f"--out={tmp_path / 'x'}"]
     proc = _run(*args)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
@@ -70,7 +73,10 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
     two = _run("--grid=tiny", f"--out={tmp_path / 'two'}", "--config.steps=20", env=env)
     assert two.returncode == 0, two.stderr
     assert "on 2 cpu device(s)" in two.stdout
-    one = _run("--grid=tiny", f"--out={tmp_path / 'one'}", "--config.steps=20")
+    one = _run("--grid=tiny", f"--out={tmp_path / 'one'}", "--config.steps=20",
+               env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert one.returncode == 0, one.stderr
+    assert "on 1 cpu device(s)" in one.stdout
     a, b = grok_jax.load_results(tmp_path / "two"), grok_jax.load_results(tmp_path / "one")
     for name in ("train_loss", "test_acc", "ipr_k"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)

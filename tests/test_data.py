@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from grok_jax import metrics
 from grok_jax.data import make_dataset, pair_labels, split_sizes
 from grok_jax.errors import ConfigError
 
@@ -43,9 +44,20 @@ def test_masks_counts_and_labels():
 
 
 def test_test_labels_are_never_corrupted():
+    """A network that answers every pair correctly scores 100% on the test pairs, on
+    the clean rows and in inversion, and memorizes only the corrupted labels that
+    happen to equal the true ones."""
     p = 11
+    ds, n_train, n_corrupt = _dataset(n_max=90)
     m, n = np.divmod(np.arange(p * p), p)
-    np.testing.assert_array_equal(np.asarray(pair_labels("add", p)), (m + n) % p)
+    labels = np.asarray(pair_labels("add", p))
+    np.testing.assert_array_equal(labels, (m + n) % p)
+    out = metrics.evaluate(jax.nn.one_hot(labels, p), ds, labels, "mse")
+    lucky = np.mean(ds.label[:n_corrupt] == ds.true_label[:n_corrupt])
+    assert float(out["test_acc"]) == float(out["clean_acc"]) == float(out["inversion_acc"]) == 1.0
+    assert float(out["test_loss"]) == 0.0
+    np.testing.assert_allclose(float(out["corrupt_acc"]), lucky, rtol=1e-6)
+    np.testing.assert_allclose(float(out["train_acc"]), 1 - n_corrupt * (1 - lucky) / n_train, rtol=1e-6)
 
 
 def test_training_sets_are_nested_across_alpha():

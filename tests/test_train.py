@@ -76,11 +76,13 @@ def _grid():
     return config
 
 
-def test_a_lane_in_the_sweep_equals_the_same_run_alone():
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm):
     config = _grid()
+    config.batchnorm = batchnorm
     ds = run_sweep(config, progress=False, log=lambda s: None)
     for sel in (dict(alpha=0.4, dropout=0.3, wd=3.0, seed=1), dict(alpha=0.6, dropout=0.0, wd=0.0, seed=0)):
-        alone_config = _small(steps=40, log_every=10, **sel)
+        alone_config = _small(steps=40, log_every=10, batchnorm=batchnorm, **sel)
         n_train, n_corrupt = split_sizes(sel["alpha"], config.xi, config.task, config.p)
         lane = Lane(jnp.int32(sel["seed"]), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(sel["wd"]),
                     jnp.float32(config.lr), jnp.float32(sel["dropout"]))
@@ -90,7 +92,8 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone():
         cell = ds.sel(sel)
         for name, values in log.items():
             np.testing.assert_allclose(cell[name].values, values, rtol=1e-4, atol=1e-6, err_msg=name)
-        np.testing.assert_allclose(cell["ipr_k"].values, final["ipr_k"], rtol=1e-4)
+        for name, values in final.items():
+            np.testing.assert_allclose(cell[name].values, values, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def test_rate_zero_dropout_equals_no_dropout_program():
@@ -117,18 +120,24 @@ def test_second_sweep_with_other_values_does_not_recompile(tiny):
         tiny.sweep.xi = (0.1, 0.2)
         tiny.sweep.seed = (5, 6)
         ds = run_sweep(tiny, progress=False, log=lambda s: None)
+        assert compiles == []
+        assert list(ds.wd.values) == [1.0, 7.0] and bool(ds.done.all())
+        tiny.alpha = 0.5  # a new training-set size is a new shape: the listener must see it
+        run_sweep(tiny, progress=False, log=lambda s: None)
+        assert compiles
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
-    assert compiles == []
-    assert list(ds.wd.values) == [1.0, 7.0] and bool(ds.done.all())
 
 
 def test_chunked_grid_equals_one_chunk(tiny):
-    one = run_sweep(tiny, progress=False, log=lambda s: None)
-    plan = make_plan(tiny, memory_gb=1.0)
-    budget = 3.5 * lane_bytes(tiny, plan.n_max) / 2**30  # three lanes per chunk: 3 chunks, last padded
-    assert make_plan(tiny, budget).n_chunks == 3
-    chunked = run_sweep(tiny, memory_gb=budget, progress=False, log=lambda s: None)
+    one = run_sweep(tiny, progress=False, log=lambda s: None, lanes_per_device=8)
+    assert make_plan(tiny, 1.0, len(jax.devices()), 8).n_chunks == 1
+    # A memory budget of 3.5 lanes: 3 lanes per device (a multiple of the device count).
+    n_dev = len(jax.devices())
+    budget = 3.5 * n_dev * lane_bytes(tiny, make_plan(tiny, 1.0).n_max) / 2**30
+    plan = make_plan(tiny, budget, n_dev)
+    assert plan.lanes_per_chunk == 3 * n_dev and plan.n_lanes % plan.lanes_per_chunk  # last chunk padded
+    chunked = run_sweep(tiny, memory_gb=budget, progress=False, log=lambda s: None, lanes_per_device=8)
     for name in ("train_loss", "test_acc", "ipr_k", "phase"):
         np.testing.assert_allclose(chunked[name].values, one[name].values, rtol=1e-5, err_msg=name)
 

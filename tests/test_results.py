@@ -1,0 +1,46 @@
+"""The results store: resuming a partly finished sweep, unfinished cells, plots."""
+
+import numpy as np
+import zarr
+
+import grok_jax
+from grok_jax import phases
+from grok_jax.plotting import phase_table, save_figures
+from grok_jax.sweep import run_sweep
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def test_resume_runs_only_unfinished_chunks(tiny, tmp_path):
+    out = tmp_path / "run"
+    first = run_sweep(tiny, out=str(out), lanes_per_device=1, **QUIET)  # 8 chunks of 1-2 lanes
+    store = zarr.open_group(str(out / "results.zarr"), mode="r+")
+    store["train_loss"][0, :] = 123.0  # a sentinel in a finished chunk: must survive
+    store["done"][-1] = False  # the last lane "crashed": must be recomputed
+    store["test_acc"][-1, :] = np.nan
+    store["phase"][-1] = -1
+    partial = grok_jax.load_results(out)
+    assert int(partial.phase.values.ravel()[-1]) == -1
+    resumed = run_sweep(tiny, out=str(out), lanes_per_device=1, **QUIET)
+    assert resumed.train_loss.values.ravel()[0] == 123.0
+    np.testing.assert_array_equal(resumed.test_acc.values, first.test_acc.values)
+    assert bool(resumed.done.all())
+
+
+def test_unfinished_cells_have_no_majority():
+    phase = np.array([[3, -1], [-1, -1], [0, 0]], np.int8)
+    top, frac = phases.majority(phase, axis=1)
+    np.testing.assert_array_equal(top, [3, -1, 0])
+    np.testing.assert_array_equal(frac[[0, 2]], [1.0, 1.0])
+    assert np.isnan(frac[1])
+
+
+def test_seed_only_and_one_axis_grids_are_reported(tiny, tmp_path):
+    tiny.sweep = {"seed": (0, 1)}
+    ds = run_sweep(tiny, **QUIET)
+    assert phase_table(ds).startswith("phase: ")
+    assert save_figures(ds, str(tmp_path)) == []  # nothing to map
+    tiny.sweep = {"xi": (0.0, 0.3)}
+    ds = run_sweep(tiny, **QUIET)
+    assert "xi" in phase_table(ds).splitlines()[0]
+    assert len(save_figures(ds, str(tmp_path))) == 3
