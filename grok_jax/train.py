@@ -57,8 +57,8 @@ def make_train(
     ``config`` holds the static settings of :func:`grok_jax.config.static_config`.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
-    given, is called on the host with the index of each finished logging block
-    (for progress bars; once per block even under ``vmap``). ``log`` maps
+    given, is called on the host with the index of a finished logging block about
+    25 times per run (for progress bars; once per block even under ``vmap``). ``log`` maps
     each name of :data:`grok_jax.metrics.METRICS` to an array over the
     ``steps // log_every + 1`` logged steps (step 0 first); ``final`` holds
     ``ipr_k`` (per-neuron IPR at the end) and, with BatchNorm, ``bn_scale``.
@@ -113,8 +113,9 @@ def make_train(
         def logged_block(carry: tuple, block: jax.Array) -> tuple[tuple, Log]:
             steps = block * config.log_every + jnp.arange(config.log_every)
             carry, _ = jax.lax.scan(step, carry, steps)
-            if on_log is not None:
-                jax.debug.callback(on_log, block)
+            if on_log is not None:  # ~25 reports per run: a host callback is not free
+                report = (block + 1) % max(1, n_logs // 25) == 0
+                jax.lax.cond(report, lambda: jax.debug.callback(on_log, block), lambda: None)
             return carry, log_metrics(carry[0], ds)
 
         first = log_metrics(params, ds)

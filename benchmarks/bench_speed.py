@@ -1,0 +1,171 @@
+"""grok_jax vs the PyTorch baseline vs the machine's matmul limit, in one run.
+
+    pip install torch==2.13.0          # the baseline only; not a grok_jax dependency
+    python benchmarks/bench_speed.py   # about 10 minutes on a 2-core CPU
+
+Prints one table per benchmark of issue "Performance" with the ratios, and the
+process's peak memory. Time per run-step is the difference of two runs of
+different length divided by the extra steps, so compilation, data set-up and the
+host side cancel out. The limit is three n_train×N×p matmuls per run-step
+(6·n_train·N·p FLOPs; the one-hot layer is a gather) at the float32 matmul rate
+measured here on a large square product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+import grok_jax  # noqa: F401  (first: one XLA CPU device per core)
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_baseline  # noqa: E402
+
+from grok_jax.config import base_config  # noqa: E402
+from grok_jax.data import split_sizes  # noqa: E402
+from grok_jax.sweep import run_sweep  # noqa: E402
+
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+def matmul_rate(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
+    """Best float32 FLOP/s of a square matmul on the default device."""
+    best = 0.0
+    for n in sizes:
+        a = jnp.ones((n, n), jnp.float32)
+        f = jax.jit(lambda x: (x @ x) * (1.0 / x.shape[0]))
+        f(a).block_until_ready()
+        start = time.perf_counter()
+        for _ in range(reps):
+            a = f(a)
+        a.block_until_ready()
+        best = max(best, 2.0 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def config(p: int, width: int, alpha: float, steps: int, log_every: int | None = None, **sweep):
+    c = base_config()
+    c.p, c.width, c.alpha, c.steps = p, width, alpha, steps
+    c.log_every = log_every or steps
+    for name, values in sweep.items():
+        c.sweep[name] = tuple(values)
+    return c
+
+
+def timed(c, **kw) -> float:
+    start = time.perf_counter()
+    run_sweep(c, **QUIET, **kw)
+    return time.perf_counter() - start
+
+
+def grok_step_time(p: int, width: int, alpha: float, lanes: int, short: int = 10, long: int = 40, **kw) -> float:
+    """Seconds per run-step of a sweep of ``lanes`` seeds (compiled programs reused)."""
+    times = []
+    for steps in (short, long):
+        c = config(p, width, alpha, steps, seed=range(lanes))
+        timed(c, **kw)  # compile
+        times.append(min(timed(c, **kw) for _ in range(2)))
+    return (times[1] - times[0]) / (long - short) / lanes
+
+
+def limit_step_time(p: int, width: int, alpha: float, rate: float) -> float:
+    n_train, _ = split_sizes(alpha, 0.0, "add", p)
+    return 6.0 * n_train * width * p / rate
+
+
+def table(title: str, rows: list[tuple[str, str]]) -> None:
+    print(f"\n## {title}")
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def bench_paper_scale(rate: float, lanes: int) -> None:
+    p, width, alpha = 97, 500, 0.5
+    ours = grok_step_time(p, width, alpha, lanes)
+    torch_step = torch_baseline.time_per_step(p, width, alpha)
+    limit = limit_step_time(p, width, alpha, rate)
+    table(f"paper scale: p {p}, N {width}, α {alpha}, {lanes} lanes, time per run-step", [
+        ("grok_jax", f"{ours * 1e3:.2f} ms"),
+        ("PyTorch baseline", f"{torch_step * 1e3:.2f} ms"),
+        ("matmul limit", f"{limit * 1e3:.2f} ms"),
+        ("speed-up vs baseline", f"{torch_step / ours:.2f}x  (target >= 2.5x)"),
+        ("fraction of the limit", f"{limit / ours:.0%}  (target >= 70%)"),
+    ])
+
+
+def bench_small_grid(steps: int) -> None:
+    p, width, alpha = 31, 128, 0.5
+    axes = dict(wd=(0.0, 2.0, 5.0, 10.0), xi=(0.0, 0.1, 0.2, 0.35), seed=(0, 1, 2, 3))  # 64 lanes
+    c = config(p, width, alpha, steps, log_every=20, **axes)
+    with_compile = timed(c)  # first use of these shapes: compiles
+    start = time.perf_counter()
+    ds = run_sweep(c, **QUIET)
+    without = time.perf_counter() - start
+    runs, torch_total = torch_baseline.run_grid(p, width, alpha, list(axes["xi"]), list(axes["wd"]),
+                                                list(axes["seed"]), steps)
+    table(f"small grid: p {p}, N {width}, α {alpha}, 64 lanes, {steps} steps, whole-grid wall time", [
+        ("grok_jax incl. compilation", f"{with_compile:.1f} s"),
+        ("grok_jax excl. compilation", f"{without:.1f} s"),
+        ("PyTorch loop", f"{torch_total:.1f} s"),
+        ("speed-up excl. compilation", f"{torch_total / without:.1f}x  (target >= 8x)"),
+        ("speed-up incl. compilation", f"{torch_total / with_compile:.1f}x  (target >= 3x)"),
+    ])
+    # Same science: seed-mean final accuracies per (wd, ξ) cell, both implementations.
+    final = ds.isel(step=-1).mean("seed")
+    diffs = {"train_acc": [], "test_acc": []}
+    for wd in axes["wd"]:
+        for xi in axes["xi"]:
+            cell = [r for r in runs if r["wd"] == wd and r["xi"] == xi]
+            for name in diffs:
+                theirs = np.mean([r[name] for r in cell])
+                diffs[name].append(abs(float(final[name].sel(wd=wd, xi=xi)) - theirs))
+    table("baseline check: |grok_jax − PyTorch| of seed-mean final accuracy over the 16 cells", [
+        (name, f"mean {np.mean(d):.3f}, max {np.max(d):.3f}") for name, d in diffs.items()
+    ])
+
+
+def bench_logging(steps: int) -> None:
+    rows = []
+    for p, width, lanes in ((31, 128, 64), (97, 500, 8)):
+        n = steps if p == 31 else steps // 10
+        end_only = config(p, width, 0.5, n, seed=range(lanes))
+        every_10 = config(p, width, 0.5, n, log_every=10, seed=range(lanes))
+        t = []
+        for c in (end_only, every_10):
+            timed(c)
+            t.append(min(timed(c) for _ in range(2)))
+        rows.append((f"p {p}, N {width}, {lanes} lanes, {n} steps",
+                     f"end only {t[0]:.2f} s, every 10 steps {t[1]:.2f} s: +{t[1] / t[0] - 1:.1%} (target <= 10%)"))
+    table("logging cost", rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=1000, help="steps of the small grid")
+    parser.add_argument("--paper_lanes", type=int, default=16)
+    parser.add_argument("--only", choices=("paper", "small", "logging"), help="run one benchmark")
+    args = parser.parse_args()
+    devices = jax.devices()
+    rate = matmul_rate()
+    print(f"# {len(devices)} {devices[0].platform} device(s), {os.cpu_count()} cores, jax {jax.__version__}, "
+          f"torch {torch_baseline.torch.__version__} ({torch_baseline.torch.get_num_threads()} threads)")
+    print(f"# float32 matmul rate (square 2048-4096): {rate / 1e9:.0f} GFLOP/s")
+    if args.only in (None, "paper"):
+        bench_paper_scale(rate, args.paper_lanes)
+    if args.only in (None, "small"):
+        bench_small_grid(args.steps)
+    if args.only in (None, "logging"):
+        bench_logging(args.steps)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\n# peak RSS of this process: {peak:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
