@@ -29,6 +29,7 @@ import torch_baseline  # noqa: E402
 
 from grok_jax.config import base_config  # noqa: E402
 from grok_jax.data import split_sizes  # noqa: E402
+from grok_jax import sweep  # noqa: E402
 from grok_jax.sweep import run_sweep  # noqa: E402
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -64,14 +65,28 @@ def timed(c, **kw) -> float:
     return time.perf_counter() - start
 
 
-def grok_step_time(p: int, width: int, alpha: float, lanes: int, short: int = 10, long: int = 40, **kw) -> float:
-    """Seconds per run-step of a sweep of ``lanes`` seeds (compiled programs reused)."""
+def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_device: int | None = None) -> float:
+    """Seconds per run-step of ``lanes`` seeds: the compiled chunk programs of the
+    sweep timed for two run lengths (best of 3), the difference per extra step."""
+    devices = jax.devices()
+    n_train, _ = split_sizes(alpha, 0.0, "add", p)
+    extra = int(np.clip(3e11 / (lanes * 6.0 * n_train * width * p), 30, 1000))  # ~2 s of work
     times = []
-    for steps in (short, long):
+    for steps in (10, 10 + extra):
         c = config(p, width, alpha, steps, seed=range(lanes))
-        timed(c, **kw)  # compile
-        times.append(min(timed(c, **kw) for _ in range(2)))
-    return (times[1] - times[0]) / (long - short) / lanes
+        per_device = lanes_per_device or sweep.LANES_PER_DEVICE.get(devices[0].platform)
+        plan = sweep.make_plan(c, 4.0, len(devices), per_device)
+        mesh = sweep.make_mesh(plan, devices)
+        chunks = [sweep.chunk_lanes(plan, i, mesh) for i in range(plan.n_chunks)]
+        program, _ = sweep.compiled_train(c, plan.n_max, chunks[0], mesh)
+        jax.block_until_ready(program(chunks[0]))
+        best = np.inf
+        for _ in range(3):
+            start = time.perf_counter()
+            jax.block_until_ready([program(chunk) for chunk in chunks])
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    return (times[1] - times[0]) / extra / (plan.n_chunks * plan.lanes_per_chunk)
 
 
 def limit_step_time(p: int, width: int, alpha: float, rate: float) -> float:

@@ -94,10 +94,11 @@ def flops_per_lane(config: Any, n_max: int) -> float:
 
 
 _PROGRAMS: dict[tuple, Callable] = {}
-# Lanes per device in a chunk, by platform. A CPU core is fastest on a few lanes
-# at a time (their activations stay in cache: 4 lanes per device run 1.6× faster
-# per lane than 45 at p = 41); accelerators take as many as memory allows.
-LANES_PER_DEVICE = {"cpu": 4}
+# Lanes per device in a chunk, by platform. A CPU core is fastest on one lane at a
+# time (plain matmuls, activations in cache: at p = 41, N = 128 one lane per device
+# runs 1.7× faster per lane than 4, at p = 97, N = 500 1.14×; benchmarks/README.md);
+# accelerators take as many lanes as memory allows.
+LANES_PER_DEVICE = {"cpu": 1}
 
 
 class _Progress:
@@ -140,6 +141,20 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     return _PROGRAMS[key], time.perf_counter() - start
 
 
+def make_mesh(plan: Plan, devices: list) -> Mesh:
+    """A 1-D mesh ``("lanes",)`` over as many devices as a chunk has lanes for."""
+    return Mesh(np.asarray(devices[: plan.lanes_per_chunk]), ("lanes",))
+
+
+def chunk_lanes(plan: Plan, index: int, mesh: Mesh) -> Lane:
+    """Chunk ``index`` of the plan, sharded along the lanes over ``mesh``. The last
+    chunk is padded with copies of the grid's last lane: same shape, no recompile."""
+    start = index * plan.lanes_per_chunk
+    take = np.minimum(np.arange(start, start + plan.lanes_per_chunk), plan.n_lanes - 1)
+    sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+    return Lane(*(jax.device_put(a[take], sharding) for a in plan.lanes))
+
+
 def run_sweep(
     config: ml_collections.ConfigDict,
     out: str | None = None,
@@ -152,7 +167,7 @@ def run_sweep(
 
     Chunks hold as many lanes as fit in ``memory_gb`` of device memory, and at
     most ``lanes_per_device`` per device (default: :data:`LANES_PER_DEVICE` of the
-    platform, e.g. 4 on CPU; unlimited on accelerators).
+    platform, 1 on CPU; unlimited on accelerators).
 
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
@@ -167,12 +182,11 @@ def run_sweep(
     devices = jax.devices()
     per_device = lanes_per_device or LANES_PER_DEVICE.get(devices[0].platform)
     plan = make_plan(config, memory_gb, len(devices), per_device)
-    devices = devices[: plan.lanes_per_chunk]  # a grid smaller than the device count
-    mesh = Mesh(np.asarray(devices), ("lanes",))
+    mesh = make_mesh(plan, devices)
     config_json = config.to_json(sort_keys=True)
     path = results.store_path(out) if out else None
     done = _prepare_store(path, config, config_json, plan) if path else np.zeros(plan.n_lanes, bool)
-    _print_plan(config, plan, devices, int(done.sum()), log)
+    _print_plan(config, plan, list(mesh.devices.flat), int(done.sum()), log)
 
     size = plan.lanes_per_chunk
     pending = [c for c in range(plan.n_chunks) if not done[c * size:(c + 1) * size].all()]
@@ -184,9 +198,7 @@ def run_sweep(
         _Progress.blocks = 0
         start = c * size
         count = min(size, plan.n_lanes - start)
-        # Pad the last chunk with copies of its last lane: same shape, no recompile.
-        take = np.minimum(np.arange(start, start + size), plan.n_lanes - 1)
-        chunk = Lane(*(jax.device_put(a[take], NamedSharding(mesh, PartitionSpec("lanes"))) for a in plan.lanes))
+        chunk = chunk_lanes(plan, c, mesh)
         program, seconds = compiled_train(config, plan.n_max, chunk, mesh)
         if seconds:
             log(f"compiled in {seconds:.1f} s")
@@ -308,7 +320,7 @@ def _cli() -> None:
     out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])")
     memory = flags.DEFINE_float("memory_gb", 4.0, "device memory budget per chunk of lanes, GiB")
     per_device = flags.DEFINE_integer("lanes_per_device", 0, "most lanes per device in a chunk "
-                                      "(0: the platform's default, 4 on CPU, else as many as fit in memory)")
+                                      "(0: the platform's default, 1 on CPU, else as many as fit in memory)")
 
     def parse(argv: list[str]) -> list[str]:
         try:
