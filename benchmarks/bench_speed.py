@@ -74,8 +74,7 @@ def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_devic
     times = []
     for steps in (10, 10 + extra):
         c = config(p, width, alpha, steps, seed=range(lanes))
-        per_device = lanes_per_device or sweep.LANES_PER_DEVICE.get(devices[0].platform)
-        plan = sweep.make_plan(c, 4.0, len(devices), per_device)
+        plan = sweep.make_plan(c, 4.0, len(devices), lanes_per_device, devices[0].platform)
         mesh = sweep.make_mesh(plan, devices)
         chunks = [sweep.chunk_lanes(plan, i, mesh) for i in range(plan.n_chunks)]
         program, _ = sweep.compiled_train(c, plan.n_max, chunks[0], mesh)

@@ -22,7 +22,7 @@ import xarray as xr
 from grok_jax import metrics, phases
 
 STORE = "results.zarr"  # name of the store inside an output directory
-FORMAT = 1  # bumped when the layout changes
+FORMAT = 2  # bumped when the layout changes (2: per-layer weight norms)
 
 
 def store_path(out: str | os.PathLike) -> str:

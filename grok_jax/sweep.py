@@ -51,10 +51,15 @@ class Plan(NamedTuple):
 
 
 def make_plan(
-    config: ml_collections.ConfigDict, memory_gb: float, n_devices: int = 1, per_device: int | None = None
+    config: ml_collections.ConfigDict,
+    memory_gb: float,
+    n_devices: int = 1,
+    per_device: int | None = None,
+    platform: str | None = None,
 ) -> Plan:
     """Expands the grid into per-lane values and sizes the chunks: as many lanes as
-    fit in ``memory_gb``, at most ``per_device`` per device, a multiple of the
+    fit in ``memory_gb``, at most ``per_device`` per device (default: that of
+    :func:`default_lanes_per_device` when ``platform`` is given), a multiple of the
     device count."""
     cfg.check_config(config)
     axes = {name: tuple(config.sweep[name]) for name in config.sweep}
@@ -68,6 +73,8 @@ def make_plan(
     cols = list(zip(*rows))
     lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
     n_max = int(lanes.n_train.max())
+    if per_device is None and platform is not None:
+        per_device = default_lanes_per_device(platform, n_max, config.width)
     per_lane = lane_bytes(config, n_max)
     fit = max(1, int(memory_gb * 2**30 // per_lane))
     if per_device:
@@ -94,11 +101,21 @@ def flops_per_lane(config: Any, n_max: int) -> float:
 
 
 _PROGRAMS: dict[tuple, Callable] = {}
-# Lanes per device in a chunk, by platform. A CPU core is fastest on one lane at a
-# time (plain matmuls, activations in cache: at p = 41, N = 128 one lane per device
-# runs 1.7× faster per lane than 4, at p = 97, N = 500 1.14×; benchmarks/README.md);
-# accelerators take as many lanes as memory allows.
-LANES_PER_DEVICE = {"cpu": 1}
+
+
+def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | None:
+    """Most lanes per device in a chunk; ``None``: as many as memory allows.
+
+    Accelerators want wide batches. A CPU core is fastest on one lane at a time
+    (plain matmuls, activations in cache: at p = 41, N = 128 one lane per device
+    runs 1.7× faster per lane than 4, at p = 97, N = 500 1.14×), except for the
+    smallest problems, where a few lanes share the fixed cost of the evaluation's
+    many small ops (at p = 31, N = 128 logging every 10 steps costs +8% with 4
+    lanes, +20-30% with 1). See benchmarks/README.md.
+    """
+    if platform != "cpu":
+        return None
+    return 4 if n_max * width <= 65536 else 1
 
 
 class _Progress:
@@ -166,8 +183,8 @@ def run_sweep(
     """Runs every lane of the grid; returns the results as an ``xarray.Dataset``.
 
     Chunks hold as many lanes as fit in ``memory_gb`` of device memory, and at
-    most ``lanes_per_device`` per device (default: :data:`LANES_PER_DEVICE` of the
-    platform, 1 on CPU; unlimited on accelerators).
+    most ``lanes_per_device`` per device (default: :func:`default_lanes_per_device`,
+    1-4 on CPU, unlimited on accelerators).
 
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
@@ -180,8 +197,7 @@ def run_sweep(
     """
     cfg.check_config(config)  # before touching devices: bad input fails fast
     devices = jax.devices()
-    per_device = lanes_per_device or LANES_PER_DEVICE.get(devices[0].platform)
-    plan = make_plan(config, memory_gb, len(devices), per_device)
+    plan = make_plan(config, memory_gb, len(devices), lanes_per_device, devices[0].platform)
     mesh = make_mesh(plan, devices)
     config_json = config.to_json(sort_keys=True)
     path = results.store_path(out) if out else None
@@ -191,27 +207,38 @@ def run_sweep(
     size = plan.lanes_per_chunk
     pending = [c for c in range(plan.n_chunks) if not done[c * size:(c + 1) * size].all()]
     collected: dict[int, tuple] = {}
-    bar = _progress_bar(len(pending) * config.steps, progress)
-    _Progress.bar, _Progress.log_every = bar, config.log_every
-    for i, c in enumerate(pending):
-        bar.set_description(f"chunk {i + 1}/{len(pending)}")
-        _Progress.blocks = 0
+
+    def finish(c: int, outputs: tuple) -> None:
+        """Host side of a finished chunk: drop the padding, classify, store."""
         start = c * size
         count = min(size, plan.n_lanes - start)
-        chunk = chunk_lanes(plan, c, mesh)
-        program, seconds = compiled_train(config, plan.n_max, chunk, mesh)
-        if seconds:
-            log(f"compiled in {seconds:.1f} s")
-        out_log, out_final = jax.device_get(program(chunk))
-        jax.effects_barrier()  # every progress callback of this chunk has run
-        bar.update(config.steps * (i + 1) - bar.n)  # in case a callback was dropped
-        out_log = {k: v[:count] for k, v in out_log.items()}
-        out_final = {k: v[:count] for k, v in out_final.items()}
+        out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[:count], outputs)
         phase = phases.classify_log(out_log, plan.xi[start:start + count])
         if path:
             results.write(path, start, out_log, out_final, phase)
         else:
             collected[start] = (out_log, out_final, phase)
+
+    bar = _progress_bar(len(pending) * config.steps, progress)
+    _Progress.bar, _Progress.log_every = bar, config.log_every
+    in_flight = None  # (chunk index, its outputs): written while the next one trains
+    for i, c in enumerate([*pending, None]):
+        if c is not None:
+            chunk = chunk_lanes(plan, c, mesh)
+            program, seconds = compiled_train(config, plan.n_max, chunk, mesh)
+            if seconds:
+                log(f"compiled in {seconds:.1f} s")
+        if in_flight is not None:
+            jax.block_until_ready(in_flight[1])
+            jax.effects_barrier()  # every progress callback of that chunk has run
+            bar.update(config.steps * i - bar.n)  # in case a callback was dropped
+        if c is not None:
+            bar.set_description(f"chunk {i + 1}/{len(pending)}")
+            _Progress.blocks = 0
+            outputs = program(chunk)  # asynchronous
+        if in_flight is not None:
+            finish(*in_flight)
+        in_flight = (c, outputs) if c is not None else None
     bar.close()
     _Progress.bar = None
     if path:
@@ -320,7 +347,7 @@ def _cli() -> None:
     out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])")
     memory = flags.DEFINE_float("memory_gb", 4.0, "device memory budget per chunk of lanes, GiB")
     per_device = flags.DEFINE_integer("lanes_per_device", 0, "most lanes per device in a chunk "
-                                      "(0: the platform's default, 1 on CPU, else as many as fit in memory)")
+                                      "(0: the platform's default, 1-4 on CPU, else as many as fit in memory)")
 
     def parse(argv: list[str]) -> list[str]:
         try:

@@ -44,3 +44,17 @@ def test_seed_only_and_one_axis_grids_are_reported(tiny, tmp_path):
     ds = run_sweep(tiny, **QUIET)
     assert "xi" in phase_table(ds).splitlines()[0]
     assert len(save_figures(ds, str(tmp_path))) == 3
+
+
+def test_every_grid_and_scale_is_a_valid_plan():
+    from grok_jax.config import available_grids, load_config
+    from grok_jax.sweep import make_plan
+
+    for grid in available_grids():
+        for scale in ("small", "paper"):
+            config = load_config(grid, scale)
+            plan = make_plan(config, memory_gb=4.0)  # validates every value
+            assert plan.n_lanes == int(np.prod([len(v) for v in plan.axes.values()]))
+    paper = load_config("alpha_xi", "paper")
+    assert (paper.p, paper.width, paper.steps) == (97, 500, 2000)
+    assert len(paper.sweep.alpha) == 17 and len(paper.sweep.xi) == 19 and paper.sweep.wd == (0.0, 5.0, 15.0, 20.0)
