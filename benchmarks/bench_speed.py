@@ -85,7 +85,7 @@ def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_devic
             jax.block_until_ready([program(chunk) for chunk in chunks])
             best = min(best, time.perf_counter() - start)
         times.append(best)
-    return (times[1] - times[0]) / extra / (plan.n_chunks * plan.lanes_per_chunk)
+    return (times[1] - times[0]) / extra / lanes
 
 
 def limit_step_time(p: int, width: int, alpha: float, rate: float) -> float:

@@ -2,12 +2,13 @@
 
 On disk every per-run variable has a flat ``lane`` dimension (lanes in C order of
 the grid), so each finished chunk of lanes is one contiguous region write and a
-crash loses at most the chunk in flight; ``done`` marks the lanes written. The
+crash loses at most the two chunks in flight (one training, one being written);
+``done`` marks the lanes written. The
 whole config (JSON), the swept axes and their values are in the attributes.
 :func:`load_results` reshapes ``lane`` into the swept axes:
 
     >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, neuron
-    >>> ds.test_acc.isel(step=-1).mean("seed").to_pandas()
+    >>> ds.test_acc.isel(step=-1).to_pandas()
 """
 
 from __future__ import annotations

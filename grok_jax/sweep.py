@@ -57,10 +57,10 @@ def make_plan(
     per_device: int | None = None,
     platform: str | None = None,
 ) -> Plan:
-    """Expands the grid into per-lane values and sizes the chunks: as many lanes as
-    fit in ``memory_gb``, at most ``per_device`` per device (default: that of
-    :func:`default_lanes_per_device` when ``platform`` is given), a multiple of the
-    device count."""
+    """Expands the grid into per-lane values and sizes the chunks: per device as
+    many lanes as fit in ``memory_gb`` (a budget per device), at most ``per_device``
+    (default: that of :func:`default_lanes_per_device` when ``platform`` is given);
+    chunks are a multiple of the device count and as equal as possible."""
     cfg.check_config(config)
     axes = {name: tuple(config.sweep[name]) for name in config.sweep}
     names = cfg.TRACED_AXES
@@ -76,13 +76,14 @@ def make_plan(
     if per_device is None and platform is not None:
         per_device = default_lanes_per_device(platform, n_max, config.width)
     per_lane = lane_bytes(config, n_max)
-    fit = max(1, int(memory_gb * 2**30 // per_lane))
-    if per_device:
-        fit = min(fit, per_device * n_devices)
-    size = min(fit, len(rows))
-    n_devices = min(n_devices, size)
-    size = max(n_devices, size - size % n_devices)  # every device gets the same number
-    return Plan(axes, lanes, np.asarray(cols[6], np.float64), n_max, size, -(-len(rows) // size))
+    n_lanes = len(rows)
+    per_device = min(per_device or n_lanes, max(1, int(memory_gb * 2**30 // per_lane)))
+    n_devices = min(n_devices, n_lanes)
+    cap = per_device * n_devices  # a multiple of the device count: all get the same number
+    n_chunks = -(-n_lanes // cap)
+    # Balanced chunks: as few padded lanes as the device count allows.
+    size = n_devices * -(-n_lanes // (n_chunks * n_devices))
+    return Plan(axes, lanes, np.asarray(cols[6], np.float64), n_max, size, -(-n_lanes // size))
 
 
 def lane_bytes(config: Any, n_max: int) -> int:
@@ -182,8 +183,8 @@ def run_sweep(
 ):
     """Runs every lane of the grid; returns the results as an ``xarray.Dataset``.
 
-    Chunks hold as many lanes as fit in ``memory_gb`` of device memory, and at
-    most ``lanes_per_device`` per device (default: :func:`default_lanes_per_device`,
+    Chunks hold, per device, as many lanes as fit in ``memory_gb`` of its memory,
+    and at most ``lanes_per_device`` (default: :func:`default_lanes_per_device`,
     1-4 on CPU, unlimited on accelerators).
 
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
@@ -192,8 +193,8 @@ def run_sweep(
     is touched.
 
     Example:
-      >>> ds = run_sweep(get_config(), out="results/wd_xi")
-      >>> ds.phase_majority.to_pandas()          # wd × xi table of phase codes
+      >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi")
+      >>> ds.phase.to_pandas()                   # wd × xi table of phase codes
     """
     cfg.check_config(config)  # before touching devices: bad input fails fast
     devices = jax.devices()
@@ -221,7 +222,20 @@ def run_sweep(
 
     bar = _progress_bar(len(pending) * config.steps, progress)
     _Progress.bar, _Progress.log_every = bar, config.log_every
-    in_flight = None  # (chunk index, its outputs): written while the next one trains
+    try:
+        _run_chunks(config, plan, mesh, pending, bar, finish, log)
+    finally:
+        bar.close()
+        _Progress.bar = None
+    if path:
+        return results.load_results(path)
+    return _in_memory(config, config_json, plan, collected)
+
+
+def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[int], bar: Any,
+                finish: Callable[[int, tuple], None], log: Callable[[str], None]) -> None:
+    """Trains the pending chunks; each is finished on the host while the next trains."""
+    in_flight = None  # (chunk index, its outputs)
     for i, c in enumerate([*pending, None]):
         if c is not None:
             chunk = chunk_lanes(plan, c, mesh)
@@ -239,11 +253,6 @@ def run_sweep(
         if in_flight is not None:
             finish(*in_flight)
         in_flight = (c, outputs) if c is not None else None
-    bar.close()
-    _Progress.bar = None
-    if path:
-        return results.load_results(path)
-    return _in_memory(config, config_json, plan, collected)
 
 
 def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.ndarray:
@@ -345,7 +354,7 @@ def _cli() -> None:
                                "or a path to a config file with get_config(scale)")
     scale = flags.DEFINE_enum("scale", "small", cfg.SCALES, "small: minutes on a laptop CPU; paper: the paper's p, N, steps")
     out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])")
-    memory = flags.DEFINE_float("memory_gb", 4.0, "device memory budget per chunk of lanes, GiB")
+    memory = flags.DEFINE_float("memory_gb", 4.0, "memory budget per device for a chunk of lanes, GiB")
     per_device = flags.DEFINE_integer("lanes_per_device", 0, "most lanes per device in a chunk "
                                       "(0: the platform's default, 1-4 on CPU, else as many as fit in memory)")
 

@@ -129,15 +129,26 @@ def test_second_sweep_with_other_values_does_not_recompile(tiny):
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+def test_chunks_are_balanced_multiples_of_the_device_count(tiny):
+    tiny.sweep = {"wd": (0.0, 2.5, 5.0), "xi": (0.0, 0.15, 0.3)}  # 9 lanes
+    assert make_plan(tiny, 4.0, 2, 4)[4:] == (6, 2)  # 2 chunks of 6 (3 padded), not 2 of 8
+    assert make_plan(tiny, 4.0, 2, 8)[4:] == (10, 1)
+    assert make_plan(tiny, 4.0, 1, 4)[4:] == (3, 3)
+    budget = 2.5 * lane_bytes(tiny, make_plan(tiny, 1.0).n_max) / 2**30  # 2 lanes per device
+    assert make_plan(tiny, budget, 2)[4:] == (4, 3)
+
+
 def test_chunked_grid_equals_one_chunk(tiny):
-    one = run_sweep(tiny, progress=False, log=lambda s: None, lanes_per_device=8)
-    assert make_plan(tiny, 1.0, len(jax.devices()), 8).n_chunks == 1
-    # A memory budget of 3.5 lanes: 3 lanes per device (a multiple of the device count).
-    n_dev = len(jax.devices())
-    budget = 3.5 * n_dev * lane_bytes(tiny, make_plan(tiny, 1.0).n_max) / 2**30
-    plan = make_plan(tiny, budget, n_dev)
-    assert plan.lanes_per_chunk == 3 * n_dev and plan.n_lanes % plan.lanes_per_chunk  # last chunk padded
-    chunked = run_sweep(tiny, memory_gb=budget, progress=False, log=lambda s: None, lanes_per_device=8)
+    tiny.sweep = {"wd": (0.0, 2.5, 5.0), "xi": (0.0, 0.15, 0.3)}  # 9 lanes: padded chunks
+    one = run_sweep(tiny, progress=False, log=lambda s: None, lanes_per_device=9)
+    assert make_plan(tiny, 1.0, len(jax.devices()), 9).n_chunks == 1
+    # A memory budget of 3.5 lanes per device: 3 lanes per device.
+    budget = 3.5 * lane_bytes(tiny, make_plan(tiny, 1.0).n_max) / 2**30
+    plan = make_plan(tiny, budget, len(jax.devices()))
+    assert plan.n_chunks > 1
+    if len(jax.devices()) == 2:
+        assert plan.n_chunks * plan.lanes_per_chunk > plan.n_lanes  # the last chunk is padded
+    chunked = run_sweep(tiny, memory_gb=budget, progress=False, log=lambda s: None, lanes_per_device=9)
     for name in ("train_loss", "test_acc", "ipr_k", "phase"):
         np.testing.assert_allclose(chunked[name].values, one[name].values, rtol=1e-5, err_msg=name)
 
