@@ -97,6 +97,14 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
     return path
 
 
+def _cell_phase(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
+    """Each cell's phase (the seed majority when seeds are swept) and the fraction
+    of its seeds in it (``None`` without a seed axis)."""
+    if "phase_majority" in ds:
+        return ds["phase_majority"], ds["phase_fraction"]
+    return ds["phase"], None
+
+
 def plot_axes(ds: xr.Dataset) -> tuple[str | None, str | None]:
     """The heatmap axes: ``config.plot.x``/``y`` where swept, else the first axes
     (``None`` when nothing but seeds is swept)."""
@@ -117,8 +125,7 @@ def save_figures(ds: xr.Dataset, out: str) -> list[str]:
     x, y = plot_axes(ds)
     if x is None:
         return []
-    phase = ds["phase_majority"] if "phase_majority" in ds else ds["phase"]
-    fraction = ds["phase_fraction"] if "phase_fraction" in ds else None
+    phase, fraction = _cell_phase(ds)
     final = ds.isel(step=-1)
     if "seed" in ds.dims:
         final = final.mean("seed")
@@ -135,12 +142,12 @@ def phase_table(ds: xr.Dataset) -> str:
     """A text table of the (majority) phase of every cell, one block per panel;
     ``*`` marks cells where the seeds disagree."""
     x, y = plot_axes(ds)
-    phase = ds["phase_majority"] if "phase_majority" in ds else ds["phase"]
-    split = (ds["phase_fraction"] < 1) if "phase_fraction" in ds else xr.zeros_like(phase, bool)
+    phase, fraction = _cell_phase(ds)
+    split = (fraction < 1) if fraction is not None else xr.zeros_like(phase, bool)
     short = lambda k, s: (phases.SHORT[k] if k >= 0 else "-") + ("*" if s else "")  # noqa: E731
     legend = "  ".join(f"{s}={n}" for s, n in zip(phases.SHORT, phases.PHASES))
     if x is None:
-        code, agree = int(phase.values), float(ds["phase_fraction"]) if "phase_fraction" in ds else 1.0
+        code, agree = int(phase.values), float(fraction) if fraction is not None else 1.0
         return f"phase: {phases.PHASES[code] if code >= 0 else 'not run'} ({agree:.0%} of seeds)"
     lines = []
     for (label, panel), (_, disagree) in zip(_panels(phase, x, y), _panels(split, x, y)):

@@ -278,8 +278,7 @@ def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.n
         _check_writable(path)
         return results.done_lanes(path)
     _check_writable(os.path.dirname(os.path.abspath(path)))
-    steps = np.arange(0, config.steps + 1, config.log_every)
-    results.create(path, config_json, plan.axes, steps, config.width, _finals(config), plan.lanes_per_chunk)
+    _create_store(path, config, config_json, plan)
     return np.zeros(plan.n_lanes, bool)
 
 
@@ -291,16 +290,18 @@ def _check_writable(directory: str) -> None:
         raise ConfigError(f"output directory {directory} is not writable ({e.strerror}); choose another --out") from e
 
 
-def _finals(config: Any) -> tuple[str, ...]:
-    return ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
+def _create_store(path: str, config: Any, config_json: str, plan: Plan) -> None:
+    """An empty store for the plan's grid, chunked like the plan."""
+    steps = np.arange(0, config.steps + 1, config.log_every)
+    finals = ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
+    results.create(path, config_json, plan.axes, steps, config.width, finals, plan.lanes_per_chunk)
 
 
 def _in_memory(config: Any, config_json: str, plan: Plan, collected: dict[int, tuple]):
     """The same dataset as :func:`results.load_results`, without a store."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, results.STORE)
-        steps = np.arange(0, config.steps + 1, config.log_every)
-        results.create(path, config_json, plan.axes, steps, config.width, _finals(config), plan.lanes_per_chunk)
+        _create_store(path, config, config_json, plan)
         for start, (out_log, out_final, phase) in collected.items():
             results.write(path, start, out_log, out_final, phase)
         return results.load_results(path)
