@@ -76,8 +76,8 @@ def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_devic
         c = config(p, width, alpha, steps, seed=range(lanes))
         plan = sweep.make_plan(c, 4.0, len(devices), lanes_per_device, devices[0].platform)
         mesh = sweep.make_mesh(plan, devices)
-        chunks = [sweep.chunk_lanes(plan, i, mesh) for i in range(plan.n_chunks)]
-        program, _ = sweep.compiled_train(c, plan.n_max, chunks[0], mesh)
+        chunks = [sweep.chunk_lanes(plan, chunk, mesh) for chunk in plan.chunks]
+        program, _ = sweep.compiled_train(c, plan.chunks[0].n_max, chunks[0], mesh)
         jax.block_until_ready(program(chunks[0]))
         best = np.inf
         for _ in range(3):
@@ -102,12 +102,18 @@ def table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def bench_paper_scale(rate: float, lanes: int) -> None:
     p, width, alpha = 97, 500, 0.5
+    # The machine's speed drifts: the rate is measured again right before and after
+    # grok_jax and the best of all measurements sets the limit (the stricter ratio).
+    rates = [rate, matmul_rate()]
     ours = grok_step_time(p, width, alpha, lanes)
+    rates.append(matmul_rate())
     torch_step = torch_baseline.time_per_step(p, width, alpha)
-    limit = limit_step_time(p, width, alpha, rate)
+    limit = limit_step_time(p, width, alpha, max(rates))
     table(f"paper scale: p {p}, N {width}, α {alpha}, {lanes} lanes, time per run-step", [
         ("grok_jax", f"{ours * 1e3:.2f} ms"),
         ("PyTorch baseline", f"{torch_step * 1e3:.2f} ms"),
+        ("matmul rate", f"{max(rates) / 1e9:.0f} GFLOP/s, best of {len(rates)} measurements "
+                        f"({min(rates) / 1e9:.0f}-{max(rates) / 1e9:.0f})"),
         ("matmul limit", f"{limit * 1e3:.2f} ms"),
         ("speed-up vs baseline", f"{torch_step / ours:.2f}x  (target >= 2.5x)"),
         ("fraction of the limit", f"{limit / ours:.0%}  (target >= 70%)"),
@@ -160,11 +166,26 @@ def bench_logging(steps: int) -> None:
     table("logging cost", rows)
 
 
+def bench_compile_groups(steps: int) -> None:
+    """The paper's 17 α at p 97, N 500: one program padded to α 0.9 vs compile groups."""
+    alphas = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
+    rows = []
+    for groups in (1, 8):
+        c = config(97, 500, 0.5, steps)
+        c.sweep.alpha, c.compile_groups = alphas, groups
+        n_groups = len(sweep.make_plan(c, 4.0).group_sizes)
+        first = timed(c)  # compiles
+        again = timed(c)  # every program cached
+        rows.append((f"compile_groups={groups}: {n_groups} program(s)",
+                     f"{first:.1f} s incl. compilation, {again:.1f} s excl."))
+    table(f"α grid: 17 α (0.1-0.9), p 97, N 500, {steps} steps, 1 seed, whole-grid wall time", rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000, help="steps of the small grid")
     parser.add_argument("--paper_lanes", type=int, default=16)
-    parser.add_argument("--only", choices=("paper", "small", "logging"), help="run one benchmark")
+    parser.add_argument("--only", choices=("paper", "small", "logging", "groups"), help="run one benchmark")
     args = parser.parse_args()
     devices = jax.devices()
     rate = matmul_rate()
@@ -177,6 +198,8 @@ def main() -> None:
         bench_small_grid(args.steps)
     if args.only in (None, "logging"):
         bench_logging(args.steps)
+    if args.only in (None, "groups"):
+        bench_compile_groups(args.steps // 10)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\n# peak RSS of this process: {peak:.2f} GiB")
 

@@ -43,6 +43,9 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     c.dropout = 0.0  # dropout probability on the hidden pre-activation
     c.seed = 0  # seed of every random stream (init, split, corruption, dropout)
     c.sweep = ml_collections.ConfigDict()  # axis name -> tuple of values; product is run
+    # Most programs per grid when α is swept: lanes are grouped by α and padded to their
+    # group's largest. Each group costs a compilation (seconds), worth it at paper scale.
+    c.compile_groups = 8 if paper else 1
     c.plot = ml_collections.ConfigDict({"x": "xi", "y": "wd"})  # heatmap axes
     return c
 
@@ -80,7 +83,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         for value in axis_values(config, name):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name}={value} must be a finite number >= 0")
-    for name in ("steps", "log_every", "width"):
+    for name in ("steps", "log_every", "width", "compile_groups"):
         if config[name] < 1:
             raise ConfigError(f"{name}={config[name]} must be >= 1")
     if config.steps % config.log_every:

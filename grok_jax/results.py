@@ -1,9 +1,10 @@
 """The results store: a zarr directory written chunk by chunk, read back as N-D.
 
 On disk every per-run variable has a flat ``lane`` dimension (lanes in C order of
-the grid), so each finished chunk of lanes is one contiguous region write and a
-crash loses at most the two chunks in flight (one training, one being written);
-``done`` marks the lanes written. The
+the grid), so a finished chunk of lanes is a few contiguous region writes (one
+when α is not swept or is the slowest axis) and a crash loses at most the two
+chunks in flight (one training, one being written); ``done`` marks the lanes
+written. The
 whole config (JSON), the swept axes and their values are in the attributes.
 :func:`load_results` reshapes ``lane`` into the swept axes:
 
@@ -79,15 +80,19 @@ def done_lanes(path: str) -> np.ndarray:
     return _open(path)["done"].values
 
 
-def write(path: str, start: int, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
+def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
           phase: np.ndarray) -> None:
-    """Writes lanes ``[start, start + len(phase))`` and marks them done."""
-    stop = start + len(phase)
+    """Writes the results of ``lanes`` (increasing grid indices) and marks them done:
+    one region write per run of consecutive lanes."""
     data = {name: (("lane", "step"), v) for name, v in log.items()}
     data.update({name: (("lane", "neuron"), v) for name, v in final.items()})
     data["phase"] = ("lane", phase.astype(np.int8))
     data["done"] = ("lane", np.ones(len(phase), bool))
-    xr.Dataset(data).to_zarr(path, region={"lane": slice(start, stop)}, consolidated=False)
+    ds = xr.Dataset(data)
+    breaks = np.flatnonzero(np.diff(lanes) != 1) + 1
+    for first, last in zip([0, *breaks], [*breaks, len(lanes)]):
+        region = {"lane": slice(int(lanes[first]), int(lanes[last - 1]) + 1)}
+        ds.isel(lane=slice(first, last)).to_zarr(path, region=region, consolidated=False)
 
 
 def load_results(path: str | os.PathLike) -> xr.Dataset:

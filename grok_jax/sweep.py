@@ -1,11 +1,13 @@
 """Runs a grid of training runs as ``jit(vmap(train))``, chunk by chunk, to a store.
 
 The grid is the Cartesian product of the axes in ``config.sweep`` (C order, the
-first axis slowest). Every lane carries all traced settings, so the whole grid is
-one compile group: one program, compiled once per shape (training sets are
-padded to the largest α of the grid) and reused by every chunk and by later grids
-of the same shapes. Chunks are sized by a memory budget, padded to a common size,
-and sharded across the local devices along the lane axis.
+first axis slowest). Every lane carries all traced settings, so lanes share one
+program per shape. The only shape a traced axis changes is the training-set size
+(α): lanes are grouped by it into at most ``config.compile_groups`` compile groups,
+each padded to its largest α, compiled once and reused by all its chunks and by
+later grids of the same shapes. Chunks are sized by a memory budget, padded to a
+common size within their group, and sharded across the local devices along the
+lane axis.
 
 Command line (see README):  python -m grok_jax.sweep --grid=wd_xi [--scale=paper]
     [--config.steps=500] [--out=DIR] [--memory_gb=4]
@@ -35,19 +37,36 @@ from grok_jax.data import split_sizes
 from grok_jax.errors import ConfigError
 from grok_jax.train import Lane, make_train
 
+# Compile groups are added (up to config.compile_groups) until padding costs at most
+# this fraction of the grid's real training rows.
+PADDING_TOLERANCE = 0.1
+
+
+class Chunk(NamedTuple):
+    """Lanes trained together by one call of one compiled program."""
+
+    n_max: int  # padded training-set size of its compile group
+    lanes: np.ndarray  # grid indices of its lanes; padding repeats the group's last lane
+    count: int  # real lanes: the first ``count`` of ``lanes``
+
+
 class Plan(NamedTuple):
     """What a sweep will run."""
 
     axes: dict[str, tuple]  # swept axis -> values, in grid order
     lanes: Lane  # numpy arrays, one entry per lane (C order of the grid)
     xi: np.ndarray  # nominal ξ of every lane (for the phase table)
-    n_max: int  # padded training-set size
-    lanes_per_chunk: int
-    n_chunks: int
+    chunks: tuple[Chunk, ...]  # compile group by compile group, smallest n_max first
+    n_devices: int  # devices a chunk is sharded over
 
     @property
     def n_lanes(self) -> int:
         return len(self.xi)
+
+    @property
+    def group_sizes(self) -> tuple[int, ...]:
+        """The padded training-set size of every compile group."""
+        return tuple(sorted({c.n_max for c in self.chunks}))
 
 
 def make_plan(
@@ -57,8 +76,9 @@ def make_plan(
     per_device: int | None = None,
     platform: str | None = None,
 ) -> Plan:
-    """Expands the grid into per-lane values and sizes the chunks: per device as
-    many lanes as fit in ``memory_gb`` (a budget per device), at most ``per_device``
+    """Expands the grid into per-lane values, groups lanes by training-set size
+    (:func:`compile_groups`) and sizes each group's chunks: per device as many
+    lanes as fit in ``memory_gb`` (a budget per device), at most ``per_device``
     (default: that of :func:`default_lanes_per_device` when ``platform`` is given);
     chunks are a multiple of the device count and as equal as possible."""
     cfg.check_config(config)
@@ -72,18 +92,76 @@ def make_plan(
                      values["dropout"], values["xi"]))
     cols = list(zip(*rows))
     lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
-    n_max = int(lanes.n_train.max())
-    if per_device is None and platform is not None:
-        per_device = default_lanes_per_device(platform, n_max, config.width)
-    per_lane = lane_bytes(config, n_max)
-    n_lanes = len(rows)
-    per_device = min(per_device or n_lanes, max(1, int(memory_gb * 2**30 // per_lane)))
-    n_devices = min(n_devices, n_lanes)
-    cap = per_device * n_devices  # a multiple of the device count: all get the same number
-    n_chunks = -(-n_lanes // cap)
-    # Balanced chunks: as few padded lanes as the device count allows.
-    size = n_devices * -(-n_lanes // (n_chunks * n_devices))
-    return Plan(axes, lanes, np.asarray(cols[6], np.float64), n_max, size, -(-n_lanes // size))
+    n_devices = min(n_devices, len(rows))
+    chunks = []
+    for group in compile_groups(lanes.n_train, config.compile_groups):
+        n_max = int(lanes.n_train[group].max())
+        limit = per_device
+        if limit is None and platform is not None:
+            limit = default_lanes_per_device(platform, n_max, config.width)
+        chunks += _split(group, n_max, n_devices, min(limit or len(group),
+                                                     max(1, int(memory_gb * 2**30 // lane_bytes(config, n_max)))))
+    return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices)
+
+
+def _split(group: np.ndarray, n_max: int, n_devices: int, per_device: int) -> list[Chunk]:
+    """Balanced chunks of a group: as few padded lanes as the device count allows."""
+    n = len(group)
+    n_chunks = -(-n // (per_device * n_devices))
+    size = n_devices * -(-n // (n_chunks * n_devices))
+    starts = range(0, n, size)
+    return [Chunk(n_max, group[np.minimum(np.arange(s, s + size), n - 1)], min(size, n - s)) for s in starts]
+
+
+def compile_groups(n_train: np.ndarray, max_groups: int) -> list[np.ndarray]:
+    """Lane indices grouped by training-set size; each group is one compiled program
+    whose training arrays are padded to the group's largest size.
+
+    Groups are ranges of consecutive sizes that minimize the padded rows for their
+    number; there are as few as keep the padding within :data:`PADDING_TOLERANCE`
+    of the real rows, and at most ``max_groups``.
+
+    Example:
+      >>> [g.tolist() for g in compile_groups(np.array([10, 50, 10, 90, 50]), 2)]
+      [[0, 2], [1, 3, 4]]
+    """
+    sizes, counts = np.unique(n_train, return_counts=True)
+    real = float(np.dot(sizes, counts))
+    ends = [len(sizes)]
+    for n_groups in range(2, min(max_groups, len(sizes)) + 1):
+        if _padded_rows(sizes, counts, ends) <= real * (1 + PADDING_TOLERANCE):
+            break
+        ends = _best_ends(sizes, counts, n_groups)
+    starts = [0, *ends[:-1]]
+    return [np.flatnonzero((n_train >= sizes[i]) & (n_train <= sizes[j - 1])) for i, j in zip(starts, ends)]
+
+
+def _padded_rows(sizes: np.ndarray, counts: np.ndarray, ends: list[int]) -> float:
+    """Training rows of all lanes when ``sizes[i:j]`` are padded to ``sizes[j-1]``."""
+    return float(sum(sizes[j - 1] * counts[i:j].sum() for i, j in zip([0, *ends[:-1]], ends)))
+
+
+def _best_ends(sizes: np.ndarray, counts: np.ndarray, n_groups: int) -> list[int]:
+    """Ends (exclusive) of the ``n_groups`` ranges of sizes with the fewest padded rows."""
+    k = len(sizes)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    # cost[i]: fewest padded rows for sizes[:i] in the groups so far; back[g][i]: start of the last group.
+    cost = np.asarray([0.0, *(sizes * cum[1:])])
+    back = []
+    for _ in range(1, n_groups):
+        new, start = np.full(k + 1, np.inf), np.zeros(k + 1, int)
+        for i in range(1, k + 1):
+            for j in range(1, i):  # last group sizes[j:i], at least one size before it
+                c = cost[j] + sizes[i - 1] * (cum[i] - cum[j])
+                if c < new[i]:
+                    new[i], start[i] = c, j
+        cost = new
+        back.append(start)
+    ends, i = [k], k
+    for start in reversed(back):
+        i = int(start[i])
+        ends.insert(0, i)
+    return ends
 
 
 def lane_bytes(config: Any, n_max: int) -> int:
@@ -160,17 +238,15 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
 
 
 def make_mesh(plan: Plan, devices: list) -> Mesh:
-    """A 1-D mesh ``("lanes",)`` over as many devices as a chunk has lanes for."""
-    return Mesh(np.asarray(devices[: plan.lanes_per_chunk]), ("lanes",))
+    """A 1-D mesh ``("lanes",)`` over the devices the plan's chunks are sized for."""
+    return Mesh(np.asarray(devices[: plan.n_devices]), ("lanes",))
 
 
-def chunk_lanes(plan: Plan, index: int, mesh: Mesh) -> Lane:
-    """Chunk ``index`` of the plan, sharded along the lanes over ``mesh``. The last
-    chunk is padded with copies of the grid's last lane: same shape, no recompile."""
-    start = index * plan.lanes_per_chunk
-    take = np.minimum(np.arange(start, start + plan.lanes_per_chunk), plan.n_lanes - 1)
+def chunk_lanes(plan: Plan, chunk: Chunk, mesh: Mesh) -> Lane:
+    """The per-lane values of ``chunk``, sharded along the lanes over ``mesh`` (a
+    group's last chunk is padded with copies of a lane: same shape, no recompile)."""
     sharding = NamedSharding(mesh, PartitionSpec("lanes"))
-    return Lane(*(jax.device_put(a[take], sharding) for a in plan.lanes))
+    return Lane(*(jax.device_put(a[chunk.lanes], sharding) for a in plan.lanes))
 
 
 def run_sweep(
@@ -203,22 +279,20 @@ def run_sweep(
     config_json = config.to_json(sort_keys=True)
     path = results.store_path(out) if out else None
     done = _prepare_store(path, config, config_json, plan) if path else np.zeros(plan.n_lanes, bool)
-    _print_plan(config, plan, list(mesh.devices.flat), int(done.sum()), log)
+    _print_plan(config, plan, list(mesh.devices.flat), done, log)
 
-    size = plan.lanes_per_chunk
-    pending = [c for c in range(plan.n_chunks) if not done[c * size:(c + 1) * size].all()]
-    collected: dict[int, tuple] = {}
+    pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
+    collected: list[tuple] = []
 
-    def finish(c: int, outputs: tuple) -> None:
+    def finish(chunk: Chunk, outputs: tuple) -> None:
         """Host side of a finished chunk: drop the padding, classify, store."""
-        start = c * size
-        count = min(size, plan.n_lanes - start)
-        out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[:count], outputs)
-        phase = phases.classify_log(out_log, plan.xi[start:start + count])
+        lanes = chunk.lanes[:chunk.count]
+        out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[:chunk.count], outputs)
+        phase = phases.classify_log(out_log, plan.xi[lanes])
         if path:
-            results.write(path, start, out_log, out_final, phase)
+            results.write(path, lanes, out_log, out_final, phase)
         else:
-            collected[start] = (out_log, out_final, phase)
+            collected.append((lanes, out_log, out_final, phase))
 
     bar = _progress_bar(len(pending) * config.steps, progress)
     _Progress.bar, _Progress.log_every = bar, config.log_every
@@ -232,16 +306,16 @@ def run_sweep(
     return _in_memory(config, config_json, plan, collected)
 
 
-def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[int], bar: Any,
-                finish: Callable[[int, tuple], None], log: Callable[[str], None]) -> None:
+def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
+                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None]) -> None:
     """Trains the pending chunks; each is finished on the host while the next trains."""
-    in_flight = None  # (chunk index, its outputs)
+    in_flight = None  # (chunk, its outputs)
     for i, c in enumerate([*pending, None]):
         if c is not None:
             chunk = chunk_lanes(plan, c, mesh)
-            program, seconds = compiled_train(config, plan.n_max, chunk, mesh)
+            program, seconds = compiled_train(config, c.n_max, chunk, mesh)
             if seconds:
-                log(f"compiled in {seconds:.1f} s")
+                log(f"compiled in {seconds:.1f} s (n_train padded to {c.n_max})")
         if in_flight is not None:
             jax.block_until_ready(in_flight[1])
             jax.effects_barrier()  # every progress callback of that chunk has run
@@ -294,26 +368,29 @@ def _create_store(path: str, config: Any, config_json: str, plan: Plan) -> None:
     """An empty store for the plan's grid, chunked like the plan."""
     steps = np.arange(0, config.steps + 1, config.log_every)
     finals = ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
-    results.create(path, config_json, plan.axes, steps, config.width, finals, plan.lanes_per_chunk)
+    results.create(path, config_json, plan.axes, steps, config.width, finals, len(plan.chunks[0].lanes))
 
 
-def _in_memory(config: Any, config_json: str, plan: Plan, collected: dict[int, tuple]):
+def _in_memory(config: Any, config_json: str, plan: Plan, collected: list[tuple]):
     """The same dataset as :func:`results.load_results`, without a store."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, results.STORE)
         _create_store(path, config, config_json, plan)
-        for start, (out_log, out_final, phase) in collected.items():
-            results.write(path, start, out_log, out_final, phase)
+        for lanes, out_log, out_final, phase in collected:
+            results.write(path, lanes, out_log, out_final, phase)
         return results.load_results(path)
 
 
-def _print_plan(config: Any, plan: Plan, devices: list, n_done: int, log: Callable[[str], None]) -> None:
+def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: Callable[[str], None]) -> None:
     axes = " × ".join(f"{k}[{len(v)}]" for k, v in plan.axes.items()) or "(single run)"
-    flops = flops_per_lane(config, plan.n_max) * (plan.n_lanes - n_done)
+    flops = sum(flops_per_lane(config, c.n_max) * np.sum(~done[c.lanes[:c.count]]) for c in plan.chunks)
+    n_done = int(done.sum())
     rate = _matmul_flops_per_second()
+    groups = plan.group_sizes
     log(f"grid {axes} = {plan.n_lanes} lanes; p={config.p} N={config.width} steps={config.steps}; "
-        f"1 compile group (n_train padded to {plan.n_max})")
-    log(f"{plan.n_chunks} chunk(s) of {plan.lanes_per_chunk} lanes on {len(devices)} "
+        f"{len(groups)} compile group(s) (n_train padded to {', '.join(map(str, groups))})")
+    sizes = sorted({len(c.lanes) for c in plan.chunks})
+    log(f"{len(plan.chunks)} chunk(s) of {'/'.join(map(str, sizes))} lanes on {len(devices)} "
         f"{devices[0].platform} device(s); {n_done} lanes already done")
     log(f"estimate: {flops / 1e12:.2f} TFLOP ≈ {flops / rate:.0f} s at the measured matmul rate "
         f"of {rate / 1e9:.0f} GFLOP/s (a lower bound; compilation extra)")

@@ -57,4 +57,7 @@ def test_every_grid_and_scale_is_a_valid_plan():
             assert plan.n_lanes == int(np.prod([len(v) for v in plan.axes.values()]))
     paper = load_config("alpha_xi", "paper")
     assert (paper.p, paper.width, paper.steps) == (97, 500, 2000)
+    plan = make_plan(paper, memory_gb=4.0)  # the README's figures: 6 groups, 9% padding
+    assert len(plan.group_sizes) == 6
+    assert round(sum(c.n_max * c.count for c in plan.chunks) / plan.lanes.n_train.sum() - 1, 2) == 0.09
     assert len(paper.sweep.alpha) == 17 and len(paper.sweep.xi) == 19 and paper.sweep.wd == (0.0, 5.0, 15.0, 20.0)

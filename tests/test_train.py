@@ -1,5 +1,7 @@
 """Training: AdamW and whole trajectories against NumPy; lanes alone vs in a sweep."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from grok_jax.config import base_config, static_config
 from grok_jax.data import make_dataset, split_sizes
 from grok_jax.models import init_params
-from grok_jax.sweep import lane_bytes, make_plan, run_sweep
+from grok_jax.sweep import PADDING_TOLERANCE, compile_groups, lane_bytes, make_plan, run_sweep
 from grok_jax.train import Lane, make_optimizer, make_train, stream_key
 
 
@@ -129,28 +131,86 @@ def test_second_sweep_with_other_values_does_not_recompile(tiny):
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+def _layout(plan) -> tuple[int, int]:
+    """(lanes per chunk, number of chunks) of a one-group plan."""
+    assert len(plan.group_sizes) == 1
+    return len(plan.chunks[0].lanes), len(plan.chunks)
+
+
 def test_chunks_are_balanced_multiples_of_the_device_count(tiny):
     tiny.sweep = {"wd": (0.0, 2.5, 5.0), "xi": (0.0, 0.15, 0.3)}  # 9 lanes
-    assert make_plan(tiny, 4.0, 2, 4)[4:] == (6, 2)  # 2 chunks of 6 (3 padded), not 2 of 8
-    assert make_plan(tiny, 4.0, 2, 8)[4:] == (10, 1)
-    assert make_plan(tiny, 4.0, 1, 4)[4:] == (3, 3)
-    budget = 2.5 * lane_bytes(tiny, make_plan(tiny, 1.0).n_max) / 2**30  # 2 lanes per device
-    assert make_plan(tiny, budget, 2)[4:] == (4, 3)
+    assert _layout(make_plan(tiny, 4.0, 2, 4)) == (6, 2)  # 2 chunks of 6 (3 padded), not 2 of 8
+    assert _layout(make_plan(tiny, 4.0, 2, 8)) == (10, 1)
+    assert _layout(make_plan(tiny, 4.0, 1, 4)) == (3, 3)
+    budget = 2.5 * lane_bytes(tiny, 72) / 2**30  # 2 lanes per device (n_train = 72)
+    plan = make_plan(tiny, budget, 2)
+    assert _layout(plan) == (4, 3)
+    # Every lane is in exactly one chunk; padding repeats a lane of the chunk's group.
+    real = np.concatenate([c.lanes[:c.count] for c in plan.chunks])
+    assert sorted(real.tolist()) == list(range(9))
 
 
 def test_chunked_grid_equals_one_chunk(tiny):
     tiny.sweep = {"wd": (0.0, 2.5, 5.0), "xi": (0.0, 0.15, 0.3)}  # 9 lanes: padded chunks
     one = run_sweep(tiny, progress=False, log=lambda s: None, lanes_per_device=9)
-    assert make_plan(tiny, 1.0, len(jax.devices()), 9).n_chunks == 1
+    assert len(make_plan(tiny, 1.0, len(jax.devices()), 9).chunks) == 1
     # A memory budget of 3.5 lanes per device: 3 lanes per device.
-    budget = 3.5 * lane_bytes(tiny, make_plan(tiny, 1.0).n_max) / 2**30
+    budget = 3.5 * lane_bytes(tiny, 72) / 2**30
     plan = make_plan(tiny, budget, len(jax.devices()))
-    assert plan.n_chunks > 1
+    size, n_chunks = _layout(plan)
+    assert n_chunks > 1
     if len(jax.devices()) == 2:
-        assert plan.n_chunks * plan.lanes_per_chunk > plan.n_lanes  # the last chunk is padded
+        assert n_chunks * size > plan.n_lanes  # the last chunk is padded
     chunked = run_sweep(tiny, memory_gb=budget, progress=False, log=lambda s: None, lanes_per_device=9)
     for name in ("train_loss", "test_acc", "ipr_k", "phase"):
         np.testing.assert_allclose(chunked[name].values, one[name].values, rtol=1e-5, err_msg=name)
+
+
+def _brute_force_padding(sizes: np.ndarray, counts: np.ndarray, n_groups: int) -> float:
+    """Fewest padded rows over every split of the sorted sizes into n_groups ranges."""
+    best = np.inf
+    for cuts in itertools.combinations(range(1, len(sizes)), n_groups - 1):
+        ends = [*cuts, len(sizes)]
+        best = min(best, sum(sizes[j - 1] * counts[i:j].sum() for i, j in zip([0, *cuts], ends)))
+    return best
+
+
+def test_compile_groups_are_optimal_ranges_of_training_set_sizes():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n_train = rng.choice(rng.integers(10, 1000, size=7), size=40)
+        sizes, counts = np.unique(n_train, return_counts=True)
+        allowed = n_train.sum() * (1 + PADDING_TOLERANCE)
+        for max_groups in (1, 2, 3, 4):
+            groups = compile_groups(n_train, max_groups)
+            assert sorted(np.concatenate(groups).tolist()) == list(range(40))  # a partition
+            for lo, hi in zip(groups, groups[1:]):
+                assert n_train[lo].max() < n_train[hi].min()  # ranges of sizes, smallest first
+            n = len(groups)
+            padded = sum(n_train[g].max() * len(g) for g in groups)
+            assert padded == _brute_force_padding(sizes, counts, n)  # optimal for its count
+            # As few groups as keep padding within the tolerance, or all it may have.
+            assert n == min(max_groups, len(sizes)) or padded <= allowed
+            assert n == 1 or _brute_force_padding(sizes, counts, n - 1) > allowed
+    assert len(compile_groups(np.full(5, 100), 4)) == 1  # one size, one program
+    assert [len(g) for g in compile_groups(np.array([100, 104, 108, 200]), 4)] == [3, 1]
+
+
+def test_alpha_grid_in_compile_groups_equals_one_group(tiny, tmp_path):
+    # α is the fastest axis: a group's lanes are scattered over the store's lane order.
+    tiny.sweep = {"xi": (0.0, 0.2), "alpha": (0.3, 0.45, 0.6, 0.75)}
+    tiny.compile_groups = 8
+    plan = make_plan(tiny, 4.0, len(jax.devices()))
+    assert len(plan.group_sizes) > 1  # padding all to α 0.75 would waste ~40%
+    grouped = run_sweep(tiny, out=str(tmp_path), progress=False, log=lambda s: None)
+    assert bool(grouped.done.all())
+    again = run_sweep(tiny, out=str(tmp_path), progress=False, log=lambda s: None)  # all done: a no-op
+    np.testing.assert_array_equal(again.train_loss.values, grouped.train_loss.values)
+    tiny.compile_groups = 1
+    one = run_sweep(tiny, progress=False, log=lambda s: None)
+    for name in ("train_loss", "test_acc", "corrupt_acc", "ipr_k"):
+        np.testing.assert_allclose(grouped[name].values, one[name].values, rtol=2e-4, atol=1e-6, err_msg=name)
+    assert (grouped.phase.values == one.phase.values).mean() >= 0.9  # rounding may flip a boundary run
 
 
 def test_diverged_runs_are_marked(tiny):
