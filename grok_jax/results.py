@@ -33,16 +33,10 @@ def store_path(out: str | os.PathLike) -> str:
     return out if out.rstrip("/").endswith(".zarr") else os.path.join(out, STORE)
 
 
-def create(
-    path: str,
-    config_json: str,
-    axes: dict[str, tuple],
-    steps: np.ndarray,
-    width: int,
-    finals: tuple[str, ...],
-    lanes_per_chunk: int,
-) -> None:
-    """Writes an empty store (NaN metrics, ``done`` all False) for the grid ``axes``."""
+def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, width: int,
+          finals: tuple[str, ...]) -> xr.Dataset:
+    """The flat results of the grid ``axes`` before any lane ran (NaN metrics,
+    ``phase`` -1, ``done`` all False), with the config and axes in the attributes."""
     n_lanes = int(np.prod([len(v) for v in axes.values()]))
     coords = {"step": ("step", steps), "neuron": ("neuron", np.arange(width))}
     grid = np.meshgrid(*[np.asarray(v) for v in axes.values()], indexing="ij")
@@ -61,8 +55,13 @@ def create(
     ds = xr.Dataset(data, coords, attrs)
     ds["phase"].attrs = {"flag_values": list(range(len(phases.PHASES))), "flag_meanings": " ".join(
         name.replace(" ", "_") for name in phases.PHASES), "description": "-1: not run yet"}
-    encoding = {name: {"chunks": (lanes_per_chunk,) + ds[name].shape[1:]} for name in data}
-    ds.to_zarr(path, mode="w-", encoding=encoding, consolidated=False)
+    return ds
+
+
+def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
+    """Writes ``flat`` (see :func:`empty`) as a new store, chunked along ``lane``."""
+    encoding = {name: {"chunks": (lanes_per_chunk,) + var.shape[1:]} for name, var in flat.data_vars.items()}
+    flat.to_zarr(path, mode="w-", encoding=encoding, consolidated=False)
 
 
 def stored_config(path: str) -> dict[str, Any]:
@@ -84,15 +83,26 @@ def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[
           phase: np.ndarray) -> None:
     """Writes the results of ``lanes`` (increasing grid indices) and marks them done:
     one region write per run of consecutive lanes."""
-    data = {name: (("lane", "step"), v) for name, v in log.items()}
-    data.update({name: (("lane", "neuron"), v) for name, v in final.items()})
-    data["phase"] = ("lane", phase.astype(np.int8))
-    data["done"] = ("lane", np.ones(len(phase), bool))
-    ds = xr.Dataset(data)
+    ds = _lanes(log, final, phase)
     breaks = np.flatnonzero(np.diff(lanes) != 1) + 1
     for first, last in zip([0, *breaks], [*breaks, len(lanes)]):
         region = {"lane": slice(int(lanes[first]), int(lanes[last - 1]) + 1)}
         ds.isel(lane=slice(first, last)).to_zarr(path, region=region, consolidated=False)
+
+
+def fill(flat: xr.Dataset, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
+         phase: np.ndarray) -> None:
+    """In memory, what :func:`write` does on disk: sets ``lanes`` of ``flat``."""
+    for name, var in _lanes(log, final, phase).data_vars.items():
+        flat[name].values[lanes] = var.values
+
+
+def _lanes(log: dict[str, np.ndarray], final: dict[str, np.ndarray], phase: np.ndarray) -> xr.Dataset:
+    data = {name: (("lane", "step"), v) for name, v in log.items()}
+    data.update({name: (("lane", "neuron"), v) for name, v in final.items()})
+    data["phase"] = ("lane", phase.astype(np.int8))
+    data["done"] = ("lane", np.ones(len(phase), bool))
+    return xr.Dataset(data)
 
 
 def load_results(path: str | os.PathLike) -> xr.Dataset:
@@ -108,7 +118,11 @@ def load_results(path: str | os.PathLike) -> xr.Dataset:
     path = store_path(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no results store at {path}")
-    flat = _open(path).load()
+    return to_grid(_open(path).load())
+
+
+def to_grid(flat: xr.Dataset) -> xr.Dataset:
+    """Flat results (``lane`` dim) as the N-D dataset that :func:`load_results` returns."""
     axes = {k: tuple(v) for k, v in json.loads(flat.attrs["axes"]).items()}
     shape = tuple(len(v) for v in axes.values())
     data = {

@@ -352,7 +352,7 @@ def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.n
         _check_writable(path)
         return results.done_lanes(path)
     _check_writable(os.path.dirname(os.path.abspath(path)))
-    _create_store(path, config, config_json, plan)
+    results.create(path, _empty_results(config, config_json, plan), len(plan.chunks[0].lanes))
     return np.zeros(plan.n_lanes, bool)
 
 
@@ -364,21 +364,19 @@ def _check_writable(directory: str) -> None:
         raise ConfigError(f"output directory {directory} is not writable ({e.strerror}); choose another --out") from e
 
 
-def _create_store(path: str, config: Any, config_json: str, plan: Plan) -> None:
-    """An empty store for the plan's grid, chunked like the plan."""
+def _empty_results(config: Any, config_json: str, plan: Plan):
+    """The flat results of the plan's grid before any lane ran."""
     steps = np.arange(0, config.steps + 1, config.log_every)
     finals = ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
-    results.create(path, config_json, plan.axes, steps, config.width, finals, len(plan.chunks[0].lanes))
+    return results.empty(config_json, plan.axes, steps, config.width, finals)
 
 
 def _in_memory(config: Any, config_json: str, plan: Plan, collected: list[tuple]):
     """The same dataset as :func:`results.load_results`, without a store."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, results.STORE)
-        _create_store(path, config, config_json, plan)
-        for lanes, out_log, out_final, phase in collected:
-            results.write(path, lanes, out_log, out_final, phase)
-        return results.load_results(path)
+    flat = _empty_results(config, config_json, plan)
+    for lanes, out_log, out_final, phase in collected:
+        results.fill(flat, lanes, out_log, out_final, phase)
+    return results.to_grid(flat)
 
 
 def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: Callable[[str], None]) -> None:

@@ -1,6 +1,7 @@
 """The results store: resuming a partly finished sweep, unfinished cells, plots."""
 
 import numpy as np
+import xarray as xr
 import zarr
 
 import grok_jax
@@ -25,6 +26,13 @@ def test_resume_runs_only_unfinished_chunks(tiny, tmp_path):
     assert resumed.train_loss.values.ravel()[0] == 123.0
     np.testing.assert_array_equal(resumed.test_acc.values, first.test_acc.values)
     assert bool(resumed.done.all())
+
+
+def test_in_memory_results_are_the_stored_ones(tiny, tmp_path):
+    tiny.sweep = {"xi": (0.0, 0.3), "alpha": (0.4, 0.6)}  # α fastest: groups interleave
+    tiny.compile_groups = 2
+    stored = run_sweep(tiny, out=str(tmp_path), **QUIET)
+    xr.testing.assert_identical(run_sweep(tiny, **QUIET), stored)
 
 
 def test_unfinished_cells_have_no_majority():
