@@ -230,8 +230,9 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
-    per_device = jax.shard_map(jax.vmap(make_train(static, n_max, on_log=_on_log)), mesh=mesh,
-                               in_specs=(spec,), out_specs=spec, check_vma=False)
+    # One lane per device: unbatched matmuls, fastest with transposed logits.
+    train = make_train(static, n_max, on_log=_on_log, transposed_logits=len(lanes.seed) == mesh.size)
+    per_device = jax.shard_map(jax.vmap(train), mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)
     fn = jax.jit(per_device, in_shardings=(sharding,))
     _PROGRAMS[key] = fn.lower(lanes).compile()
     return _PROGRAMS[key], time.perf_counter() - start
@@ -329,6 +330,11 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
         in_flight = (c, outputs) if c is not None else None
 
 
+# Fields that do not change a lane's results (compile groups change only the padding, as
+# chunk sizes do): a store may be resumed or re-plotted with other values.
+_RESUMABLE = ("plot", "compile_groups")
+
+
 def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.ndarray:
     """Creates the store, or checks an existing one against ``config``; returns
     the mask of lanes already done."""
@@ -341,8 +347,7 @@ def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.n
         if results.stored_format(path) != results.FORMAT:
             raise ConfigError(f"{path} was written in store format {results.stored_format(path)}, this version "
                               f"reads format {results.FORMAT}; choose another --out")
-        # Plot settings do not change results: a store can be re-plotted differently.
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "plot")
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE)
         if diff:
             k = diff[0]
             raise ConfigError(

@@ -50,11 +50,17 @@ def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any) -> optax.GradientT
 
 
 def make_train(
-    config: Any, n_max: int, on_log: Callable[[jax.Array], None] | None = None
+    config: Any,
+    n_max: int,
+    on_log: Callable[[jax.Array], None] | None = None,
+    transposed_logits: bool = False,
 ) -> Callable[[Lane], tuple[Log, Log]]:
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
     ``config`` holds the static settings of :func:`grok_jax.config.static_config`.
+    ``transposed_logits`` computes the training loss from ``(p, rows)`` logits (same
+    numbers up to rounding): faster when a device trains one lane at a time, slower
+    when ``vmap`` batches several lanes per device (see :func:`grok_jax.models.readout`).
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
     given, is called on the host with the index of a finished logging block about
@@ -82,8 +88,9 @@ def make_train(
 
     def loss_fn(params: Params, ds: Dataset, rate: jax.Array, noise: jax.Array | None) -> jax.Array:
         h = features(params, ds.m, ds.n, act, rate, noise)
-        logits = readout(params, h, bn_stats(h, ds.train) if bn else None)
-        return metrics.masked_mean(metrics.loss_terms(logits, ds.label, config.loss), ds.train)
+        logits = readout(params, h, bn_stats(h, ds.train) if bn else None, transposed=transposed_logits)
+        terms = metrics.loss_terms(logits, ds.label, config.loss, axis=0 if transposed_logits else -1)
+        return metrics.masked_mean(terms, ds.train)
 
     def log_metrics(params: Params, ds: Dataset) -> Log:
         # Eval mode: no dropout; BatchNorm uses the statistics of the training pairs.

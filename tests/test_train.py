@@ -46,14 +46,15 @@ def _small(**overrides):
     return config
 
 
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("activation,loss", [("quad", "mse"), ("relu", "ce")])
-def test_trajectory_matches_numpy_oracle(activation, loss):
+def test_trajectory_matches_numpy_oracle(activation, loss, transposed):
     config = _small(activation=activation, loss=loss)
     n_train, n_corrupt = split_sizes(config.alpha, config.xi, config.task, config.p)
     seed = jnp.int32(3)
     lane = Lane(seed, jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
                 jnp.float32(config.lr), jnp.float32(0.0))
-    log, _ = jax.jit(make_train(static_config(config), n_train))(lane)
+    log, _ = jax.jit(make_train(static_config(config), n_train, transposed_logits=transposed))(lane)
     # The same initial weights and data, handed to the NumPy implementation.
     params0 = jax.tree.map(np.asarray, init_params(stream_key(seed, "init"), config.p, config.width))
     ds = make_dataset(stream_key(seed, "split"), stream_key(seed, "corrupt"), n_train, n_corrupt,
