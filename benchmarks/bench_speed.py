@@ -60,10 +60,14 @@ def config(p: int, width: int, alpha: float, steps: int, log_every: int | None =
     return c
 
 
-def timed(c, **kw) -> float:
+def timed(c, results: list | None = None, **kw) -> float:
+    """Wall seconds of ``run_sweep(c)``; its dataset is appended to ``results``."""
     start = time.perf_counter()
-    run_sweep(c, **QUIET, **kw)
-    return time.perf_counter() - start
+    ds = run_sweep(c, **QUIET, **kw)
+    seconds = time.perf_counter() - start
+    if results is not None:
+        results.append(ds)
+    return seconds
 
 
 def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_device: int | None = None,
@@ -135,8 +139,9 @@ def bench_small_grid(steps: int) -> None:
     axes = dict(wd=(0.0, 2.0, 5.0, 10.0), xi=(0.0, 0.1, 0.2, 0.35), seed=(0, 1, 2, 3))  # 64 lanes
     c = config(p, width, alpha, steps, log_every=20, **axes)
     with_compile = timed(c)  # first use of these shapes: compiles
-    without = min(timed(c) for _ in range(3))  # the VM's speed drifts: best of 3
-    ds = run_sweep(c, **QUIET)
+    datasets: list = []
+    without = min(timed(c, datasets) for _ in range(3))  # the VM's speed drifts: best of 3
+    ds = datasets[-1]
     runs, torch_total = torch_baseline.run_grid(p, width, alpha, list(axes["xi"]), list(axes["wd"]),
                                                 list(axes["seed"]), steps)
     table(f"small grid: p {p}, N {width}, α {alpha}, 64 lanes, {steps} steps, whole-grid wall time", [
@@ -182,7 +187,7 @@ def bench_compile_groups(steps: int) -> None:
     for groups in (1, 8):
         c = config(97, 500, 0.5, steps)
         c.sweep.alpha, c.compile_groups = alphas, groups
-        n_groups = len(sweep.make_plan(c, 4.0).group_sizes)
+        n_groups = len(sweep.make_plan(c, 4.0, len(jax.devices())).group_sizes)
         first = timed(c)  # compiles
         again = timed(c)  # every program cached
         rows.append((f"compile_groups={groups}: {n_groups} program(s)",

@@ -66,6 +66,8 @@ def loss_terms(logits: jax.Array, labels: jax.Array, loss: str, axis: int = -1) 
     """Per-example loss: MSE averaged over the ``p`` outputs against one-hot
     targets (``nn.MSELoss`` semantics), or softmax cross-entropy. The outputs are
     along ``axis`` of ``logits``: -1 for ``(rows, p)``, 0 for ``(p, rows)``."""
+    if axis not in (0, -1):
+        raise ValueError(f"axis={axis}: the outputs are along axis -1 or 0")
     classes = jnp.arange(logits.shape[axis])
     onehot = labels[:, None] == classes if axis == -1 else classes[:, None] == labels
     if loss == "mse":

@@ -2,10 +2,9 @@
 
 On disk every per-run variable has a flat ``lane`` dimension (lanes in C order of
 the grid), so a finished chunk of lanes is a few contiguous region writes (one
-when α is not swept or is the slowest axis) and a crash loses at most the two
-chunks in flight (one training, one being written); ``done`` marks the lanes
-written. The
-whole config (JSON), the swept axes and their values are in the attributes.
+when α is not swept) and a crash loses at most the two chunks in flight (one
+training, one being written); ``done`` marks the lanes written. The whole config
+(JSON), the swept axes and their values are in the attributes.
 :func:`load_results` reshapes ``lane`` into the swept axes:
 
     >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, neuron

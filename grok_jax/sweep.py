@@ -94,7 +94,7 @@ def make_plan(
     lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
     n_devices = min(n_devices, len(rows))
     chunks = []
-    for group in compile_groups(lanes.n_train, config.compile_groups):
+    for group in compile_groups(lanes.n_train, config.compile_groups, n_devices):
         n_max = int(lanes.n_train[group].max())
         limit = per_device
         if limit is None and platform is not None:
@@ -113,49 +113,48 @@ def _split(group: np.ndarray, n_max: int, n_devices: int, per_device: int) -> li
     return [Chunk(n_max, group[np.minimum(np.arange(s, s + size), n - 1)], min(size, n - s)) for s in starts]
 
 
-def compile_groups(n_train: np.ndarray, max_groups: int) -> list[np.ndarray]:
+def compile_groups(n_train: np.ndarray, max_groups: int, n_devices: int = 1) -> list[np.ndarray]:
     """Lane indices grouped by training-set size; each group is one compiled program
     whose training arrays are padded to the group's largest size.
 
-    Groups are ranges of consecutive sizes that minimize the padded rows for their
-    number; there are as few as keep the padding within :data:`PADDING_TOLERANCE`
-    of the real rows, and at most ``max_groups``.
+    Groups are ranges of consecutive sizes that minimize the padded work for their
+    number: rows padded to the group's largest size, and lanes to a multiple of
+    ``n_devices`` (a group's chunks fill every device, padding lanes train too).
+    There are as few groups as keep that work within :data:`PADDING_TOLERANCE` of the
+    real rows, and at most ``max_groups``.
 
     Example:
       >>> [g.tolist() for g in compile_groups(np.array([10, 50, 10, 90, 50]), 2)]
       [[0, 2], [1, 3, 4]]
     """
     sizes, counts = np.unique(n_train, return_counts=True)
-    real = float(np.dot(sizes, counts))
-    ends = [len(sizes)]
-    for n_groups in range(2, min(max_groups, len(sizes)) + 1):
-        if _padded_rows(sizes, counts, ends) <= real * (1 + PADDING_TOLERANCE):
+    cost = lambda i, j: sizes[j - 1] * n_devices * -(-counts[i:j].sum() // n_devices)  # noqa: E731
+    allowed = float(np.dot(sizes, counts)) * (1 + PADDING_TOLERANCE)
+    options = []  # (work, number of groups, ends)
+    for n_groups in range(1, min(max_groups, len(sizes)) + 1):
+        ends = _best_ends(cost, len(sizes), n_groups)
+        options.append((sum(cost(i, j) for i, j in zip([0, *ends[:-1]], ends)), n_groups, ends))
+        if options[-1][0] <= allowed:
             break
-        ends = _best_ends(sizes, counts, n_groups)
+    _, _, ends = min(options)  # else the least work (more groups can mean more padded lanes)
     starts = [0, *ends[:-1]]
     return [np.flatnonzero((n_train >= sizes[i]) & (n_train <= sizes[j - 1])) for i, j in zip(starts, ends)]
 
 
-def _padded_rows(sizes: np.ndarray, counts: np.ndarray, ends: list[int]) -> float:
-    """Training rows of all lanes when ``sizes[i:j]`` are padded to ``sizes[j-1]``."""
-    return float(sum(sizes[j - 1] * counts[i:j].sum() for i, j in zip([0, *ends[:-1]], ends)))
-
-
-def _best_ends(sizes: np.ndarray, counts: np.ndarray, n_groups: int) -> list[int]:
-    """Ends (exclusive) of the ``n_groups`` ranges of sizes with the fewest padded rows."""
-    k = len(sizes)
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    # cost[i]: fewest padded rows for sizes[:i] in the groups so far; back[g][i]: start of the last group.
-    cost = np.asarray([0.0, *(sizes * cum[1:])])
+def _best_ends(cost: Callable[[int, int], float], k: int, n_groups: int) -> list[int]:
+    """Ends (exclusive) of the split of ``range(k)`` into ``n_groups`` ranges with the
+    least total ``cost(start, end)`` (dynamic programming)."""
+    # best[i]: least cost of range(i) in the groups so far; back[g][i]: start of the last group.
+    best = np.asarray([0.0, *(cost(0, i) for i in range(1, k + 1))])
     back = []
     for _ in range(1, n_groups):
         new, start = np.full(k + 1, np.inf), np.zeros(k + 1, int)
         for i in range(1, k + 1):
-            for j in range(1, i):  # last group sizes[j:i], at least one size before it
-                c = cost[j] + sizes[i - 1] * (cum[i] - cum[j])
+            for j in range(1, i):  # last group range(j, i), at least one size before it
+                c = best[j] + cost(j, i)
                 if c < new[i]:
                     new[i], start[i] = c, j
-        cost = new
+        best = new
         back.append(start)
     ends, i = [k], k
     for start in reversed(back):
@@ -266,7 +265,8 @@ def run_sweep(
 
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
-    chunks are kept and skipped; with another config it is an error and nothing
+    chunks are kept and skipped; with another config (other than ``plot`` and
+    ``compile_groups``) it is an error and nothing
     is touched.
 
     Example:
@@ -330,8 +330,8 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
         in_flight = (c, outputs) if c is not None else None
 
 
-# Fields that do not change a lane's results (compile groups change only the padding, as
-# chunk sizes do): a store may be resumed or re-plotted with other values.
+# Fields that change a lane's results at most by rounding (compile groups change only
+# the padding, as chunk sizes do): a store may be resumed or re-plotted with other values.
 _RESUMABLE = ("plot", "compile_groups")
 
 

@@ -7,7 +7,7 @@ import zarr
 import grok_jax
 from grok_jax import phases
 from grok_jax.plotting import phase_table, save_figures
-from grok_jax.sweep import run_sweep
+from grok_jax.sweep import make_plan, run_sweep
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -31,6 +31,7 @@ def test_resume_runs_only_unfinished_chunks(tiny, tmp_path):
 def test_in_memory_results_are_the_stored_ones(tiny, tmp_path):
     tiny.sweep = {"xi": (0.0, 0.3), "alpha": (0.4, 0.6)}  # α fastest: groups interleave
     tiny.compile_groups = 2
+    assert len(make_plan(tiny, 4.0).group_sizes) == 2
     stored = run_sweep(tiny, out=str(tmp_path), **QUIET)
     xr.testing.assert_identical(run_sweep(tiny, **QUIET), stored)
 
@@ -56,7 +57,6 @@ def test_seed_only_and_one_axis_grids_are_reported(tiny, tmp_path):
 
 def test_every_grid_and_scale_is_a_valid_plan():
     from grok_jax.config import available_grids, load_config
-    from grok_jax.sweep import make_plan
 
     for grid in available_grids():
         for scale in ("small", "paper"):

@@ -167,34 +167,42 @@ def test_chunked_grid_equals_one_chunk(tiny):
         np.testing.assert_allclose(chunked[name].values, one[name].values, rtol=1e-5, err_msg=name)
 
 
-def _brute_force_padding(sizes: np.ndarray, counts: np.ndarray, n_groups: int) -> float:
-    """Fewest padded rows over every split of the sorted sizes into n_groups ranges."""
+def _brute_force_work(sizes: np.ndarray, counts: np.ndarray, n_groups: int, n_devices: int) -> float:
+    """Least padded work over every split of the sorted sizes into n_groups ranges:
+    rows padded to a group's largest size, lanes to a multiple of the device count."""
     best = np.inf
     for cuts in itertools.combinations(range(1, len(sizes)), n_groups - 1):
-        ends = [*cuts, len(sizes)]
-        best = min(best, sum(sizes[j - 1] * counts[i:j].sum() for i, j in zip([0, *cuts], ends)))
+        bounds = zip([0, *cuts], [*cuts, len(sizes)])
+        best = min(best, sum(sizes[j - 1] * n_devices * -(-counts[i:j].sum() // n_devices) for i, j in bounds))
     return best
 
 
-def test_compile_groups_are_optimal_ranges_of_training_set_sizes():
-    rng = np.random.default_rng(0)
+@pytest.mark.parametrize("n_devices", [1, 2, 16])
+def test_compile_groups_are_optimal_ranges_of_training_set_sizes(n_devices):
+    rng = np.random.default_rng(n_devices)
     for _ in range(20):
         n_train = rng.choice(rng.integers(10, 1000, size=7), size=40)
         sizes, counts = np.unique(n_train, return_counts=True)
         allowed = n_train.sum() * (1 + PADDING_TOLERANCE)
         for max_groups in (1, 2, 3, 4):
-            groups = compile_groups(n_train, max_groups)
+            groups = compile_groups(n_train, max_groups, n_devices)
             assert sorted(np.concatenate(groups).tolist()) == list(range(40))  # a partition
             for lo, hi in zip(groups, groups[1:]):
                 assert n_train[lo].max() < n_train[hi].min()  # ranges of sizes, smallest first
             n = len(groups)
-            padded = sum(n_train[g].max() * len(g) for g in groups)
-            assert padded == _brute_force_padding(sizes, counts, n)  # optimal for its count
-            # As few groups as keep padding within the tolerance, or all it may have.
-            assert n == min(max_groups, len(sizes)) or padded <= allowed
-            assert n == 1 or _brute_force_padding(sizes, counts, n - 1) > allowed
+            work = sum(n_train[g].max() * n_devices * -(-len(g) // n_devices) for g in groups)
+            fewer = [_brute_force_work(sizes, counts, m, n_devices) for m in range(1, n)]
+            assert work == _brute_force_work(sizes, counts, n, n_devices)  # optimal for its count
+            if work <= allowed:  # the fewest groups within the tolerance
+                assert all(w > allowed for w in fewer)
+            else:  # none within it: the least work of any allowed count
+                more = range(n + 1, min(max_groups, len(sizes)) + 1)
+                assert all(work <= _brute_force_work(sizes, counts, m, n_devices) for m in more)
+                assert all(work < w for w in fewer)
     assert len(compile_groups(np.full(5, 100), 4)) == 1  # one size, one program
     assert [len(g) for g in compile_groups(np.array([100, 104, 108, 200]), 4)] == [3, 1]
+    # 17 lanes of different sizes on 32 devices: one chunk beats groups of padded chunks.
+    assert len(compile_groups(np.arange(100, 1800, 100), 8, n_devices=32)) == 1
 
 
 def test_alpha_grid_in_compile_groups_equals_one_group(tiny, tmp_path):
@@ -211,7 +219,7 @@ def test_alpha_grid_in_compile_groups_equals_one_group(tiny, tmp_path):
     one = run_sweep(tiny, progress=False, log=lambda s: None)
     for name in ("train_loss", "test_acc", "corrupt_acc", "ipr_k"):
         np.testing.assert_allclose(grouped[name].values, one[name].values, rtol=2e-4, atol=1e-6, err_msg=name)
-    assert (grouped.phase.values == one.phase.values).mean() >= 0.9  # rounding may flip a boundary run
+    assert (grouped.phase.values != one.phase.values).sum() <= 1  # rounding may flip a boundary run
 
 
 def test_diverged_runs_are_marked(tiny):
