@@ -22,7 +22,6 @@ from typing import Callable
 
 import grok_jax  # noqa: F401  (first: one XLA CPU device per core)
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -37,18 +36,8 @@ QUIET = dict(progress=False, log=lambda s: None)
 
 
 def matmul_rate(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
-    """Best float32 FLOP/s of a square matmul on the default device."""
-    best = 0.0
-    for n in sizes:
-        a = jnp.ones((n, n), jnp.float32)
-        f = jax.jit(lambda x: (x @ x) * (1.0 / x.shape[0]))
-        f(a).block_until_ready()
-        start = time.perf_counter()
-        for _ in range(reps):
-            a = f(a)
-        a.block_until_ready()
-        best = max(best, 2.0 * n**3 * reps / (time.perf_counter() - start))
-    return best
+    """Best float32 FLOP/s of a large square matmul on the default device."""
+    return max(sweep.matmul_rate(n, reps) for n in sizes)
 
 
 def config(p: int, width: int, alpha: float, steps: int, log_every: int | None = None, **sweep):

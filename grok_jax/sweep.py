@@ -266,8 +266,7 @@ def run_sweep(
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
     chunks are kept and skipped; with another config (other than ``plot`` and
-    ``compile_groups``) it is an error and nothing
-    is touched.
+    ``compile_groups``) it is an error and nothing is touched.
 
     Example:
       >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi")
@@ -388,7 +387,7 @@ def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: C
     axes = " × ".join(f"{k}[{len(v)}]" for k, v in plan.axes.items()) or "(single run)"
     flops = sum(flops_per_lane(config, c.n_max) * np.sum(~done[c.lanes[:c.count]]) for c in plan.chunks)
     n_done = int(done.sum())
-    rate = _matmul_flops_per_second()
+    rate = _matmul_rate_once()
     groups = plan.group_sizes
     log(f"grid {axes} = {plan.n_lanes} lanes; p={config.p} N={config.width} steps={config.steps}; "
         f"{len(groups)} compile group(s) (n_train padded to {', '.join(map(str, groups))})")
@@ -399,9 +398,8 @@ def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: C
         f"of {rate / 1e9:.0f} GFLOP/s (a lower bound; compilation extra)")
 
 
-@functools.cache
-def _matmul_flops_per_second(n: int = 512, reps: int = 5) -> float:
-    """Float32 matmul throughput of the default device, measured once per process."""
+def matmul_rate(n: int = 512, reps: int = 5) -> float:
+    """Float32 FLOP/s of ``reps`` square ``n × n`` matmuls on the default device."""
     a = jnp.ones((n, n), jnp.float32)
     f = jax.jit(lambda x: (x @ x) / n)
     f(a).block_until_ready()
@@ -410,6 +408,12 @@ def _matmul_flops_per_second(n: int = 512, reps: int = 5) -> float:
         a = f(a)
     a.block_until_ready()
     return 2.0 * n**3 * reps / (time.perf_counter() - start)
+
+
+@functools.cache
+def _matmul_rate_once() -> float:
+    """The plan's estimate uses one small measurement per process."""
+    return matmul_rate()
 
 
 def _progress_bar(total: int, enabled: bool):
