@@ -62,17 +62,13 @@ def weight_norms(params: Params) -> dict[str, jax.Array]:
     return out
 
 
-def loss_terms(logits: jax.Array, labels: jax.Array, loss: str, axis: int = -1) -> jax.Array:
+def loss_terms(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:
     """Per-example loss: MSE averaged over the ``p`` outputs against one-hot
-    targets (``nn.MSELoss`` semantics), or softmax cross-entropy. The outputs are
-    along ``axis`` of ``logits``: -1 for ``(rows, p)``, 0 for ``(p, rows)``."""
-    if axis not in (0, -1):
-        raise ValueError(f"axis={axis}: the outputs are along axis -1 or 0")
-    classes = jnp.arange(logits.shape[axis])
-    onehot = labels[:, None] == classes if axis == -1 else classes[:, None] == labels
+    targets (``nn.MSELoss`` semantics), or softmax cross-entropy."""
     if loss == "mse":
-        return jnp.mean(jnp.square(logits - onehot.astype(logits.dtype)), axis=axis)
-    return -jnp.sum(jnp.where(onehot, jax.nn.log_softmax(logits, axis=axis), 0.0), axis=axis)
+        onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+        return jnp.mean(jnp.square(logits - onehot), axis=-1)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:

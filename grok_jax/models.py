@@ -79,20 +79,11 @@ def bn_stats(h: jax.Array, weight: jax.Array) -> BNStats:
     return BNStats(mean, jnp.sum(w * jnp.square(h - mean), axis=0))
 
 
-def readout(params: Params, h: jax.Array, stats: BNStats | None = None, transposed: bool = False) -> jax.Array:
-    """Logits ``W · h`` (after BatchNorm of ``h`` when ``stats`` is given), shape
-    ``(rows, p)``, or ``(p, rows)`` when ``transposed``.
-
-    Transposed logits change the backward pass's products to ``dWᵀ = r·h`` and
-    ``dh = rᵀ·Wᵀ`` (``r`` the ``(p, rows)`` logit gradient): with one lane per CPU
-    device a step at p 97, N 500 is 5-8% faster; with several lanes per device
-    (batched products) it is slower (benchmarks/README.md).
-    """
+def readout(params: Params, h: jax.Array, stats: BNStats | None = None) -> jax.Array:
+    """Logits ``W · h`` (after BatchNorm of ``h`` when ``stats`` is given)."""
     if stats is not None:
         h = (h - stats.mean) * jax.lax.rsqrt(stats.var + BN_EPS)
         h = h * params["bn_scale"] + params["bn_shift"]
-    if transposed:
-        return jax.lax.dot_general(params["W"].T, h, (((1,), (1,)), ((), ())))
     return h @ params["W"]
 
 

@@ -40,6 +40,10 @@ from grok_jax.train import Lane, make_train
 # Compile groups are added (up to config.compile_groups) until padding costs at most
 # this fraction of the grid's real training rows.
 PADDING_TOLERANCE = 0.1
+# On a CPU, a step's gradient is computed over blocks of training rows with about
+# this many bytes of activations (rows × width float32); with the pre-activations
+# and their gradients a block's working set is a few times that, about a core's L2.
+CPU_BLOCK_BYTES = 2**20
 
 
 class Chunk(NamedTuple):
@@ -196,6 +200,24 @@ def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | Non
     return 4 if n_max * width <= 65536 else 1
 
 
+def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool) -> int:
+    """Row blocks of a step's gradient (see :func:`grok_jax.train.make_train`).
+
+    A CPU device training one lane at a time computes the gradient over blocks of
+    about :data:`CPU_BLOCK_BYTES` of activations, which stay in cache between the
+    forward and backward passes (p 97, N 500: 9 blocks, 20-25% faster per step).
+    Accelerators want the largest products, batched lanes gained nothing, and
+    BatchNorm couples all rows: one block there.
+
+    Example:
+      >>> row_blocks("cpu", n_max=4704, width=500, lanes_per_device=1, batchnorm=False)
+      9
+    """
+    if platform != "cpu" or lanes_per_device != 1 or batchnorm:
+        return 1
+    return min(n_max, max(1, -(-n_max * width * 4 // CPU_BLOCK_BYTES)))
+
+
 class _Progress:
     """Host-side state of the progress bar, advanced by the compiled programs'
     per-block callback (a cached program keeps calling the same function)."""
@@ -220,7 +242,9 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     the seconds spent compiling it now (0 when it came from the cache)."""
     static = cfg.static_config(config)
     sharding = NamedSharding(mesh, PartitionSpec("lanes"))
-    key = (static, n_max, len(lanes.seed), tuple(mesh.devices.flat))
+    blocks = row_blocks(mesh.devices.flat[0].platform, n_max, static.width, len(lanes.seed) // mesh.size,
+                        static.batchnorm)
+    key = (static, n_max, len(lanes.seed), tuple(mesh.devices.flat), blocks)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
@@ -229,8 +253,7 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
-    # One lane per device: unbatched matmuls, fastest with transposed logits.
-    train = make_train(static, n_max, on_log=_on_log, transposed_logits=len(lanes.seed) == mesh.size)
+    train = make_train(static, n_max, on_log=_on_log, row_blocks=blocks)
     per_device = jax.shard_map(jax.vmap(train), mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)
     fn = jax.jit(per_device, in_shardings=(sharding,))
     _PROGRAMS[key] = fn.lower(lanes).compile()
@@ -330,7 +353,8 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
 
 
 # Fields that change a lane's results at most by rounding (compile groups change only
-# the padding, as chunk sizes do): a store may be resumed or re-plotted with other values.
+# the padding and hence the row blocks, as chunk sizes do): a store may be resumed or
+# re-plotted with other values.
 _RESUMABLE = ("plot", "compile_groups")
 
 

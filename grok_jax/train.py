@@ -36,6 +36,16 @@ class Lane(NamedTuple):
     dropout: jax.Array  # dropout probability on the hidden pre-activation
 
 
+class Rows(NamedTuple):
+    """The training rows a loss is computed over: all ``n_max``, or one block."""
+
+    m: jax.Array
+    n: jax.Array
+    label: jax.Array
+    train: jax.Array  # real training row (padding rows are masked out)
+    pair: jax.Array  # pair index, which keys the row's dropout noise
+
+
 Log = dict[str, jax.Array]
 
 
@@ -49,18 +59,73 @@ def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any) -> optax.GradientT
     return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd)
 
 
+def training_rows(ds: Dataset, n_max: int, row_blocks: int = 1) -> Rows:
+    """The ``n_max`` training rows of ``ds``, or ``(row_blocks, block)`` arrays of
+    them, the last block padded with masked rows (pair 0, label 0, not training)."""
+    rows = Rows(ds.m, ds.n, ds.label, ds.train, ds.order[:n_max])
+    if row_blocks == 1:
+        return rows
+    block = -(-n_max // row_blocks)
+    return Rows(*(jnp.pad(a, (0, block * row_blocks - n_max)).reshape(row_blocks, block) for a in rows))
+
+
+def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., Params]:
+    """Returns ``gradient(params, rows, n_train, dropout, key)``: the gradient of the
+    mean training loss over ``rows`` (from :func:`training_rows` with the same
+    ``row_blocks``), ``n_train`` the number of real training rows, ``key`` the step's
+    dropout key.
+
+    With ``row_blocks > 1`` a ``lax.scan`` computes the gradient block by block and
+    sums the blocks' gradients (the same numbers up to rounding): a block's
+    activations then stay in a CPU core's cache between the forward and backward
+    passes (20-25% faster per step at p 97, N 500, one lane per core). BatchNorm
+    couples all rows, so it needs ``row_blocks == 1``.
+
+    Example:
+      >>> gradient = make_gradient(config, row_blocks=4)
+      >>> rows = training_rows(ds, n_max, row_blocks=4)
+      >>> grads = gradient(params, rows, jnp.sum(ds.train), 0.0, key)   # like params
+    """
+    if row_blocks < 1 or (config.batchnorm and row_blocks > 1):
+        raise ValueError(f"row_blocks={row_blocks}: must be >= 1, and 1 with BatchNorm")
+
+    def dropout_noise(key: jax.Array, pair: jax.Array) -> jax.Array:
+        # One key per example (its pair index), so the masks depend neither on n_max
+        # nor on the row blocks.
+        draw = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (config.width,))  # noqa: E731
+        return jax.vmap(draw)(pair)
+
+    def rows_loss(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+        # These rows' share of the mean training loss (all of it when rows are all rows).
+        noise = dropout_noise(key, rows.pair) if config.use_dropout else None
+        h = features(params, rows.m, rows.n, config.activation, rate, noise)
+        logits = readout(params, h, bn_stats(h, rows.train) if config.batchnorm else None)
+        terms = metrics.loss_terms(logits, rows.label, config.loss)
+        return jnp.sum(jnp.where(rows.train, terms, 0.0)) / n_train
+
+    grad = jax.grad(rows_loss)
+    if row_blocks == 1:
+        return grad
+
+    def gradient(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array, key: jax.Array) -> Params:
+        def add_block(total: Params, block: Rows) -> tuple[Params, None]:
+            return jax.tree.map(jnp.add, total, grad(params, block, n_train, rate, key)), None
+
+        return jax.lax.scan(add_block, jax.tree.map(jnp.zeros_like, params), rows)[0]
+
+    return gradient
+
+
 def make_train(
     config: Any,
     n_max: int,
     on_log: Callable[[jax.Array], None] | None = None,
-    transposed_logits: bool = False,
+    row_blocks: int = 1,
 ) -> Callable[[Lane], tuple[Log, Log]]:
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
     ``config`` holds the static settings of :func:`grok_jax.config.static_config`.
-    ``transposed_logits`` computes the training loss from ``(p, rows)`` logits (same
-    numbers up to rounding): faster when a device trains one lane at a time, slower
-    when ``vmap`` batches several lanes per device (see :func:`grok_jax.models.readout`).
+    ``row_blocks`` is passed to :func:`make_gradient`.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
     given, is called on the host with the index of a finished logging block about
@@ -78,19 +143,9 @@ def make_train(
     n_logs, rem = divmod(config.steps, config.log_every)
     if rem:
         raise ValueError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
+    gradient = make_gradient(config, row_blocks)
     all_m, all_n = jnp.divmod(jnp.arange(p * p, dtype=jnp.int32), p)
     all_labels = pair_labels(config.task, p)
-
-    def dropout_noise(key: jax.Array, ds: Dataset) -> jax.Array:
-        # One key per example (its pair index), so the masks do not depend on n_max.
-        draw = lambda pair: jax.random.uniform(jax.random.fold_in(key, pair), (config.width,))  # noqa: E731
-        return jax.vmap(draw)(ds.order[:n_max])
-
-    def loss_fn(params: Params, ds: Dataset, rate: jax.Array, noise: jax.Array | None) -> jax.Array:
-        h = features(params, ds.m, ds.n, act, rate, noise)
-        logits = readout(params, h, bn_stats(h, ds.train) if bn else None, transposed=transposed_logits)
-        terms = metrics.loss_terms(logits, ds.label, config.loss, axis=0 if transposed_logits else -1)
-        return metrics.masked_mean(terms, ds.train)
 
     def log_metrics(params: Params, ds: Dataset) -> Log:
         # Eval mode: no dropout; BatchNorm uses the statistics of the training pairs.
@@ -109,11 +164,11 @@ def make_train(
         params = init_params(stream_key(lane.seed, "init"), p, config.width, bn)
         opt = make_optimizer(lane.lr, lane.wd, config)
         dropout_key = stream_key(lane.seed, "dropout")
+        rows, n_train = training_rows(ds, n_max, row_blocks), jnp.sum(ds.train)
 
         def step(carry: tuple, t: jax.Array) -> tuple[tuple, None]:
             params, opt_state = carry
-            noise = dropout_noise(jax.random.fold_in(dropout_key, t), ds) if config.use_dropout else None
-            grads = jax.grad(loss_fn)(params, ds, lane.dropout, noise)
+            grads = gradient(params, rows, n_train, lane.dropout, jax.random.fold_in(dropout_key, t))
             updates, opt_state = opt.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), None
 
