@@ -67,7 +67,9 @@ def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_devic
     reference measurement taken at the same moment)."""
     devices = jax.devices()
     n_train, _ = split_sizes(alpha, 0.0, "add", p)
-    extra = int(np.clip(3e11 / (lanes * 6.0 * n_train * width * p), 30, 1000))  # ~2 s of work
+    # ~2 s of work, at least 60 steps (paper scale: ~10 s per round, so the noise of this
+    # VM averages out over the difference of two runs)
+    extra = int(np.clip(3e11 / (lanes * 6.0 * n_train * width * p), 60, 1000))
     runs = []
     for steps in (10, 10 + extra):
         c = config(p, width, alpha, steps, seed=range(lanes))
