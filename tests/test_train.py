@@ -151,6 +151,22 @@ def test_row_blocks_only_for_one_lane_per_cpu_device_without_batchnorm():
         make_train(static_config(_small(batchnorm=True)), 72, row_blocks=2)
 
 
+def test_progress_reports_leave_the_log_unchanged():
+    full = _small(steps=51, log_every=1)  # 51 logged blocks: 25 reports of 2, 1 left over
+    config = static_config(full)
+    n_train, n_corrupt = split_sizes(full.alpha, full.xi, full.task, full.p)
+    lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(1.0),
+                jnp.float32(0.01), jnp.float32(0.0))
+    reports = []
+    reported, _ = jax.jit(make_train(config, n_train, on_log=lambda block: reports.append(int(block))))(lane)
+    plain, _ = jax.jit(make_train(config, n_train))(lane)
+    jax.effects_barrier()
+    assert reports == list(range(1, 50, 2))  # the index of the last block of each report
+    for name in plain:
+        assert reported[name].shape == (52,)
+        np.testing.assert_allclose(reported[name], plain[name], rtol=1e-6, err_msg=name)
+
+
 def test_rate_zero_dropout_equals_no_dropout_program():
     config = _small()
     n_train, n_corrupt = split_sizes(config.alpha, config.xi, config.task, config.p)
