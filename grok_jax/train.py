@@ -128,8 +128,9 @@ def make_train(
     ``row_blocks`` is passed to :func:`make_gradient`.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
-    given, is called on the host with the index of a finished logging block about
-    25 times per run (for progress bars; once per block even under ``vmap``). ``log`` maps
+    given, is called on the host with the index of a finished logging block 25-49
+    times per run (for progress bars; once per report, not per lane, under ``vmap``;
+    once per device under ``shard_map``). ``log`` maps
     each name of :data:`grok_jax.metrics.METRICS` to an array over the
     ``steps // log_every + 1`` logged steps (step 0 first); ``final`` holds
     ``ipr_k`` (per-neuron IPR at the end) and, with BatchNorm, ``bn_scale``.

@@ -152,11 +152,12 @@ def test_row_blocks_only_for_one_lane_per_cpu_device_without_batchnorm():
 
 
 def test_progress_reports_leave_the_log_unchanged():
-    full = _small(steps=51, log_every=1)  # 51 logged blocks: 25 reports of 2, 1 left over
+    full = _small(steps=51, log_every=1, dropout=0.1)  # 51 logged blocks: 25 reports of 2, 1 left over
     config = static_config(full)
+    assert config.use_dropout  # dropout keys follow the step index: the steps must line up
     n_train, n_corrupt = split_sizes(full.alpha, full.xi, full.task, full.p)
     lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(1.0),
-                jnp.float32(0.01), jnp.float32(0.0))
+                jnp.float32(0.01), jnp.float32(0.1))
     reports = []
     reported, _ = jax.jit(make_train(config, n_train, on_log=lambda block: reports.append(int(block))))(lane)
     plain, _ = jax.jit(make_train(config, n_train))(lane)
