@@ -189,15 +189,15 @@ def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | Non
     """Most lanes per device in a chunk; ``None``: as many as memory allows.
 
     Accelerators want wide batches. A CPU core is fastest on one lane at a time
-    (plain matmuls, activations in cache: at p = 41, N = 128 one lane per device
-    runs 1.7× faster per lane than 4, at p = 97, N = 500 1.14×), except for the
-    smallest problems, where a few lanes share the fixed cost of the evaluation's
-    many small ops (at p = 31, N = 128 logging every 10 steps costs +8% with 4
-    lanes, +20-30% with 1). See benchmarks/README.md.
+    (plain matmuls, activations in cache), except for tiny problems, where a few
+    lanes share each chunk's fixed costs. Small grid (64 lanes, 1000 steps, logging
+    every 20), 1 vs 4 lanes per device: p 31, N 128 7.2-7.6 vs 7.8 s; p 17, N 128
+    1.85 vs 2.21 s; p 17, N 64 1.30 vs 1.20 s; p 11, N 32 0.61 vs 0.38 s. See
+    benchmarks/README.md.
     """
     if platform != "cpu":
         return None
-    return 4 if n_max * width <= 65536 else 1
+    return 4 if n_max * width <= 16384 else 1
 
 
 def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool) -> int:
@@ -284,7 +284,7 @@ def run_sweep(
 
     Chunks hold, per device, as many lanes as fit in ``memory_gb`` of its memory,
     and at most ``lanes_per_device`` (default: :func:`default_lanes_per_device`,
-    1-4 on CPU, unlimited on accelerators).
+    1 on CPU, 4 for tiny problems, unlimited on accelerators).
 
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
@@ -464,8 +464,8 @@ def _cli() -> None:
     scale = flags.DEFINE_enum("scale", "small", cfg.SCALES, "small: minutes on a laptop CPU; paper: the paper's p, N, steps")
     out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])")
     memory = flags.DEFINE_float("memory_gb", 4.0, "memory budget per device for a chunk of lanes, GiB")
-    per_device = flags.DEFINE_integer("lanes_per_device", 0, "most lanes per device in a chunk "
-                                      "(0: the platform's default, 1-4 on CPU, else as many as fit in memory)")
+    per_device = flags.DEFINE_integer("lanes_per_device", 0, "most lanes per device in a chunk (0: the "
+                                      "platform's default, 1 on CPU (4 for tiny problems), else as many as fit in memory)")
 
     def parse(argv: list[str]) -> list[str]:
         try:
