@@ -201,7 +201,7 @@ def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | Non
 
 
 def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool) -> int:
-    """Row blocks of a step's gradient (see :func:`grok_jax.train.make_train`).
+    """Row blocks of a step's gradient (see :func:`grok_jax.train.make_gradient`).
 
     A CPU device training one lane at a time computes the gradient over blocks of
     about :data:`CPU_BLOCK_BYTES` of activations, which stay in cache between the

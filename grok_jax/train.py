@@ -184,19 +184,17 @@ def make_train(
             # A progress report after every `per_report` logged blocks, by nesting scans
             # rather than with a `cond` in every block: at p 31 the `cond` alone cost 5%.
             carry, log = jax.lax.scan(logged_block, carry, first_block + jnp.arange(per_report))
-            jax.debug.callback(on_log, first_block + per_report - 1)
+            if on_log is not None:
+                jax.debug.callback(on_log, first_block + per_report - 1)
             return carry, log
 
         carry = (params, opt.init(params))
         first = log_metrics(params, ds)
-        if on_log is None:
-            carry, log = jax.lax.scan(logged_block, carry, jnp.arange(n_logs))
-        else:
-            carry, log = jax.lax.scan(reported_blocks, carry, jnp.arange(0, n_reports * per_report, per_report))
-            log = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), log)
-            if n_logs > n_reports * per_report:  # the last few blocks, unreported
-                carry, rest = jax.lax.scan(logged_block, carry, jnp.arange(n_reports * per_report, n_logs))
-                log = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), log, rest)
+        carry, log = jax.lax.scan(reported_blocks, carry, jnp.arange(0, n_reports * per_report, per_report))
+        log = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), log)
+        if n_logs > n_reports * per_report:  # the last few blocks, unreported
+            carry, rest = jax.lax.scan(logged_block, carry, jnp.arange(n_reports * per_report, n_logs))
+            log = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), log, rest)
         params = carry[0]
         log = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, log)
         final = {"ipr_k": metrics.neuron_ipr(params)}
