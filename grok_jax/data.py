@@ -36,8 +36,8 @@ class Dataset(NamedTuple):
       true_label: the correct answer ``(m ∘ n) mod p``, ``(n_max,)``.
       train: row is in the training set (``row < n_train``).
       corrupt: row is a training row with a corrupted label (``row < n_corrupt``).
-      train_pair, test: over all ``p²`` pairs in natural order ``m·p + n``: the pair
-        is a training pair / a test pair (division: pairs with n = 0 are neither).
+      test: over all ``p²`` pairs in natural order ``m·p + n``: the pair is a test
+        pair (division: pairs with n = 0 are neither training nor test pairs).
       order: the shuffle; ``order[:n_max]`` are the pair indices of the rows.
     """
 
@@ -47,9 +47,53 @@ class Dataset(NamedTuple):
     true_label: jax.Array
     train: jax.Array
     corrupt: jax.Array
-    train_pair: jax.Array
     test: jax.Array
     order: jax.Array
+
+
+class Rows(NamedTuple):
+    """Pairs a loss or metric is computed over: training rows (all ``n_max``, or in
+    blocks of rows), or the test pairs past them (:func:`held_out_rows`)."""
+
+    m: jax.Array
+    n: jax.Array
+    label: jax.Array  # the label trained on; the true label of a test pair
+    true_label: jax.Array
+    train: jax.Array  # a real training row (a padding row of the training set is a test pair)
+    corrupt: jax.Array
+    test: jax.Array  # a test pair (rows that pad blocks of rows are neither)
+    pair: jax.Array  # pair index, which keys the row's dropout noise
+
+
+def training_rows(ds: Dataset, n_max: int, row_blocks: int = 1) -> Rows:
+    """The ``n_max`` training rows of ``ds`` (rows ``n_train`` on are test pairs), or
+    ``(row_blocks, block)`` arrays of them, the last block padded with rows that
+    are neither training nor test pairs (pair 0, label 0).
+
+    Example:
+      >>> rows = training_rows(ds, n_max=80, row_blocks=3)   # rows.m.shape == (3, 27)
+    """
+    pair = ds.order[:n_max]
+    rows = Rows(ds.m, ds.n, ds.label, ds.true_label, ds.train, ds.corrupt, ds.test[pair], pair)
+    if row_blocks == 1:
+        return rows
+    block = -(-n_max // row_blocks)
+    return Rows(*(jnp.pad(a, (0, block * row_blocks - n_max)).reshape(row_blocks, block) for a in rows))
+
+
+def held_out_rows(ds: Dataset, n_max: int, task: str, p: int) -> Rows:
+    """The pairs past the training rows, ``order[n_max:]`` up to the usable pairs:
+    all of them test pairs (with :func:`training_rows`, every pair once).
+
+    Example:
+      >>> held_out_rows(ds, n_max=80, task="add", p=11).m.shape
+      (41,)
+    """
+    pair = ds.order[n_max:num_pairs(task, p)]
+    m, n = jnp.divmod(pair, p)
+    label = pair_labels(task, p)[pair]
+    no, yes = jnp.zeros(pair.shape, bool), jnp.ones(pair.shape, bool)
+    return Rows(m, n, label, label, no, no, yes, pair)
 
 
 def is_prime(p: int) -> bool:
@@ -133,7 +177,7 @@ def make_dataset(
     label = jnp.where(corrupt, noise, true_label)
     rank = jnp.zeros(p * p, jnp.int32).at[order].set(jnp.arange(p * p, dtype=jnp.int32))
     test = (rank >= n_train) & (rank < usable)
-    return Dataset(m, n, label, true_label, train, corrupt, rank < n_train, test, order)
+    return Dataset(m, n, label, true_label, train, corrupt, test, order)
 
 
 def _pow_mod(base: jax.Array, exp: int, mod: int) -> jax.Array:

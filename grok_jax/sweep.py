@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grok_jax import config as cfg
 from grok_jax import phases, plotting, results
-from grok_jax.data import split_sizes
+from grok_jax.data import num_pairs, split_sizes
 from grok_jax.errors import ConfigError
 from grok_jax.train import Lane, make_train
 
@@ -44,6 +44,10 @@ PADDING_TOLERANCE = 0.1
 # this many bytes of activations (rows × width float32); with the pre-activations
 # and their gradients a block's working set is a few times that, about a core's L2.
 CPU_BLOCK_BYTES = 2**20
+# A chunk reports progress from inside its program (a host callback, ~0.1-0.2 ms per
+# device on a CPU) at most once per this many seconds of its estimated work, and at
+# most 25 times; a shorter chunk advances the progress bar only when it finishes.
+REPORT_SECONDS = 1.0
 
 
 class Chunk(NamedTuple):
@@ -169,20 +173,34 @@ def _best_ends(cost: Callable[[int, int], float], k: int, n_groups: int) -> list
 
 def lane_bytes(config: Any, n_max: int) -> int:
     """Rough device memory of one lane: activations of the step (training rows)
-    and of the evaluation (all p² pairs), parameters with their AdamW state."""
+    and of the evaluation (at most all p² pairs), parameters with their AdamW state."""
     p, width = config.p, config.width
     acts = 8 * n_max * width + 4 * n_max * p + 3 * p * p * width + 3 * p * p * p
     return 4 * (acts + 6 * 3 * p * width)
 
 
 def flops_per_lane(config: Any, n_max: int) -> float:
-    """Matmul FLOPs of one lane: three n×N×p products per step, one forward over
-    all pairs per log (the one-hot layer is a gather and is not counted)."""
+    """Matmul FLOPs of one lane: three n×N×p products per step, and per log a
+    forward over the pairs past the training rows (whose logits come from a step;
+    with dropout or BatchNorm the evaluation also runs over the training rows,
+    not counted). The one-hot layer is a gather and is not counted."""
     n_logs = config.steps // config.log_every + 1
-    return 6.0 * n_max * config.width * config.p * config.steps + 2.0 * config.p**3 * config.width * n_logs
+    held_out = num_pairs(config.task, config.p) - n_max
+    return 2.0 * config.width * config.p * (3 * n_max * config.steps + held_out * n_logs)
 
 
-_PROGRAMS: dict[tuple, Callable] = {}
+class ProgramKey(NamedTuple):
+    """What a compiled chunk program depends on (the cache key of :data:`_PROGRAMS`)."""
+
+    static: Any  # the static config
+    n_max: int
+    lanes: int  # lanes per chunk
+    devices: tuple
+    row_blocks: int
+    reports: int  # progress reports per run
+
+
+_PROGRAMS: dict[ProgramKey, Callable] = {}
 
 
 def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | None:
@@ -237,23 +255,38 @@ def _on_log(block: np.ndarray) -> None:
             _Progress.blocks = done
 
 
-def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh) -> tuple[Callable, float]:
+def progress_reports(config: Any, n_max: int, lanes_per_device: int, rate: float) -> int:
+    """Progress reports per run of a chunk program: one per :data:`REPORT_SECONDS`
+    of its estimated work at the matmul ``rate`` (FLOP/s), at most 25.
+
+    Example:
+      >>> progress_reports(config, n_max=4704, lanes_per_device=1, rate=1.5e11)  # p 97, N 500, 2000 steps
+      18
+    """
+    seconds = flops_per_lane(config, n_max) * lanes_per_device / rate
+    return min(25, int(seconds / REPORT_SECONDS))
+
+
+def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh,
+                   progress: bool = False) -> tuple[Callable, float]:
     """The compiled ``jit(vmap(train))`` for these static settings and shapes, and
-    the seconds spent compiling it now (0 when it came from the cache)."""
+    the seconds spent compiling it now (0 when it came from the cache). With
+    ``progress`` it reports to the progress bar while it runs (if it runs long)."""
     static = cfg.static_config(config)
     sharding = NamedSharding(mesh, PartitionSpec("lanes"))
-    blocks = row_blocks(mesh.devices.flat[0].platform, n_max, static.width, len(lanes.seed) // mesh.size,
-                        static.batchnorm)
-    key = (static, n_max, len(lanes.seed), tuple(mesh.devices.flat), blocks)
+    per_device = len(lanes.seed) // mesh.size
+    blocks = row_blocks(mesh.devices.flat[0].platform, n_max, static.width, per_device, static.batchnorm)
+    reports = progress_reports(static, n_max, per_device, _matmul_rate_once()) if progress else 0
+    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), blocks, reports)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
     # shard_map: each device runs vmap(train) on its own lanes, with no collective
-    # (left to the SPMD partitioner, the FFT of the IPR is gathered onto every device).
+    # (left to the SPMD partitioner, the inputs of the IPR were gathered onto every device).
     # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
-    train = make_train(static, n_max, on_log=_on_log, row_blocks=blocks)
+    train = make_train(static, n_max, on_log=_on_log if reports else None, row_blocks=blocks, reports=reports)
     per_device = jax.shard_map(jax.vmap(train), mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)
     fn = jax.jit(per_device, in_shardings=(sharding,))
     _PROGRAMS[key] = fn.lower(lanes).compile()
@@ -320,7 +353,7 @@ def run_sweep(
     bar = _progress_bar(len(pending) * config.steps, progress)
     _Progress.bar, _Progress.log_every = bar, config.log_every
     try:
-        _run_chunks(config, plan, mesh, pending, bar, finish, log)
+        _run_chunks(config, plan, mesh, pending, bar, finish, log, progress)
     finally:
         bar.close()
         _Progress.bar = None
@@ -330,13 +363,13 @@ def run_sweep(
 
 
 def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
-                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None]) -> None:
+                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None], progress: bool) -> None:
     """Trains the pending chunks; each is finished on the host while the next trains."""
     in_flight = None  # (chunk, its outputs)
     for i, c in enumerate([*pending, None]):
         if c is not None:
             chunk = chunk_lanes(plan, c, mesh)
-            program, seconds = compiled_train(config, c.n_max, chunk, mesh)
+            program, seconds = compiled_train(config, c.n_max, chunk, mesh, progress)
             if seconds:
                 log(f"compiled in {seconds:.1f} s (n_train padded to {c.n_max})")
         if in_flight is not None:

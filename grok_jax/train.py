@@ -5,7 +5,9 @@ activation, loss, ...) and returns ``train(lane) -> (log, final)``, where ``lane
 holds the per-run values that a sweep may vary (seed, sizes of the training and
 corrupted sets, wd, lr, dropout) as traced arrays. The step loop is a fixed-length
 ``lax.scan``; metrics are logged every ``log_every`` steps by an outer scan, so the
-log is part of the compiled program's output with no host round trips.
+log is part of the compiled program's output with no host round trips. A logged
+state's metrics on the training rows come from the forward pass of the step that
+starts from it; only the pairs past the training rows need a forward of their own.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from grok_jax import metrics
-from grok_jax.data import Dataset, make_dataset, pair_labels
+from grok_jax.data import Rows, held_out_rows, make_dataset, num_pairs, training_rows
 from grok_jax.models import Params, bn_stats, features, init_params, readout
 
 # Each random stream gets its own key, ``fold_in(key(seed), stream)``, so changing
@@ -36,17 +38,8 @@ class Lane(NamedTuple):
     dropout: jax.Array  # dropout probability on the hidden pre-activation
 
 
-class Rows(NamedTuple):
-    """The training rows a loss is computed over: all ``n_max``, or one block."""
-
-    m: jax.Array
-    n: jax.Array
-    label: jax.Array
-    train: jax.Array  # real training row (padding rows are masked out)
-    pair: jax.Array  # pair index, which keys the row's dropout noise
-
-
 Log = dict[str, jax.Array]
+Sums = dict[str, jax.Array]  # see grok_jax.metrics.row_sums
 
 
 def stream_key(seed: jax.Array, stream: str) -> jax.Array:
@@ -59,21 +52,13 @@ def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any) -> optax.GradientT
     return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd)
 
 
-def training_rows(ds: Dataset, n_max: int, row_blocks: int = 1) -> Rows:
-    """The ``n_max`` training rows of ``ds``, or ``(row_blocks, block)`` arrays of
-    them, the last block padded with masked rows (pair 0, label 0, not training)."""
-    rows = Rows(ds.m, ds.n, ds.label, ds.train, ds.order[:n_max])
-    if row_blocks == 1:
-        return rows
-    block = -(-n_max // row_blocks)
-    return Rows(*(jnp.pad(a, (0, block * row_blocks - n_max)).reshape(row_blocks, block) for a in rows))
-
-
-def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., Params]:
-    """Returns ``gradient(params, rows, n_train, dropout, key)``: the gradient of the
-    mean training loss over ``rows`` (from :func:`training_rows` with the same
-    ``row_blocks``), ``n_train`` the number of real training rows, ``key`` the step's
-    dropout key.
+def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., tuple[Params, Sums]]:
+    """Returns ``gradient(params, rows, n_train, dropout, key) -> (grads, sums)``:
+    the gradient of the mean training loss over ``rows`` (from
+    :func:`grok_jax.data.training_rows` with the same ``row_blocks``), ``n_train``
+    the number of real training rows, ``key`` the step's dropout key; and the
+    :func:`grok_jax.metrics.row_sums` of the logits it computed on the way (XLA
+    drops them where they are not used).
 
     With ``row_blocks > 1`` a ``lax.scan`` computes the gradient block by block and
     sums the blocks' gradients (the same numbers up to rounding): a block's
@@ -84,7 +69,7 @@ def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., Params]:
     Example:
       >>> gradient = make_gradient(config, row_blocks=4)
       >>> rows = training_rows(ds, n_max, row_blocks=4)
-      >>> grads = gradient(params, rows, jnp.sum(ds.train), 0.0, key)   # like params
+      >>> grads, sums = gradient(params, rows, jnp.sum(ds.train), 0.0, key)   # grads like params
     """
     if row_blocks < 1 or (config.batchnorm and row_blocks > 1):
         raise ValueError(f"row_blocks={row_blocks}: must be >= 1, and 1 with BatchNorm")
@@ -95,23 +80,28 @@ def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., Params]:
         draw = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (config.width,))  # noqa: E731
         return jax.vmap(draw)(pair)
 
-    def rows_loss(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array, key: jax.Array) -> jax.Array:
+    def rows_loss(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array,
+                  key: jax.Array) -> tuple[jax.Array, Sums]:
         # These rows' share of the mean training loss (all of it when rows are all rows).
         noise = dropout_noise(key, rows.pair) if config.use_dropout else None
         h = features(params, rows.m, rows.n, config.activation, rate, noise)
         logits = readout(params, h, bn_stats(h, rows.train) if config.batchnorm else None)
         terms = metrics.loss_terms(logits, rows.label, config.loss)
-        return jnp.sum(jnp.where(rows.train, terms, 0.0)) / n_train
+        return jnp.sum(jnp.where(rows.train, terms, 0.0)) / n_train, metrics.row_sums(logits, rows, config.loss)
 
-    grad = jax.grad(rows_loss)
+    grad = jax.grad(rows_loss, has_aux=True)
     if row_blocks == 1:
         return grad
 
-    def gradient(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array, key: jax.Array) -> Params:
-        def add_block(total: Params, block: Rows) -> tuple[Params, None]:
+    def gradient(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array,
+                 key: jax.Array) -> tuple[Params, Sums]:
+        def add_block(total: tuple, block: Rows) -> tuple[tuple, None]:
             return jax.tree.map(jnp.add, total, grad(params, block, n_train, rate, key)), None
 
-        return jax.lax.scan(add_block, jax.tree.map(jnp.zeros_like, params), rows)[0]
+        one_block = jax.tree.map(lambda r: r[0], rows)  # for the shapes of the totals
+        shapes = jax.eval_shape(grad, params, one_block, n_train, rate, key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return jax.lax.scan(add_block, zeros, rows)[0]
 
     return gradient
 
@@ -121,6 +111,7 @@ def make_train(
     n_max: int,
     on_log: Callable[[jax.Array], None] | None = None,
     row_blocks: int = 1,
+    reports: int = 25,
 ) -> Callable[[Lane], tuple[Log, Log]]:
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
@@ -128,11 +119,13 @@ def make_train(
     ``row_blocks`` is passed to :func:`make_gradient`.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
-    given, is called on the host with the index of a finished logging block 25-49
-    times per run (for progress bars; once per report, not per lane, under ``vmap``;
-    once per device under ``shard_map``). ``log`` maps
-    each name of :data:`grok_jax.metrics.METRICS` to an array over the
-    ``steps // log_every + 1`` logged steps (step 0 first); ``final`` holds
+    given, is called on the host with the index of a finished logging block after
+    every ``max(1, n_logs // reports)`` of them: ``reports`` to ``2·reports − 1``
+    times per run, or once per logged block when there are fewer (for progress
+    bars; once per report, not per lane, under ``vmap``; once per device under
+    ``shard_map``). ``log`` maps each name of :data:`grok_jax.metrics.METRICS` to
+    an array over the ``steps // log_every + 1`` logged steps (step 0 first; entry
+    ``i`` is the state after ``i·log_every`` steps, in eval mode); ``final`` holds
     ``ipr_k`` (per-neuron IPR at the end) and, with BatchNorm, ``bn_scale``.
 
     Example:
@@ -145,19 +138,14 @@ def make_train(
     if rem:
         raise ValueError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
     gradient = make_gradient(config, row_blocks)
-    per_report = max(1, n_logs // 25)  # logged blocks per progress report (~25 a run)
+    if on_log is None or reports < 1:
+        on_log, reports = None, 1
+    per_report = max(1, n_logs // reports)  # logged blocks per progress report
     n_reports = n_logs // per_report
-    all_m, all_n = jnp.divmod(jnp.arange(p * p, dtype=jnp.int32), p)
-    all_labels = pair_labels(config.task, p)
-
-    def log_metrics(params: Params, ds: Dataset) -> Log:
-        # Eval mode: no dropout; BatchNorm uses the statistics of the training pairs.
-        h = features(params, all_m, all_n, act)
-        logits = readout(params, h, bn_stats(h, ds.train_pair) if bn else None)
-        out = metrics.evaluate(logits, ds, all_labels, config.loss)
-        out.update(metrics.weight_norms(params))
-        out["ipr"] = jnp.nanmean(metrics.neuron_ipr(params))
-        return out
+    # Without dropout a training step's forward pass is the evaluation's on the training
+    # rows: a logged state then needs a forward over the other test pairs only. (With
+    # BatchNorm those need the rows' statistics, which the evaluation's own forward has.)
+    step_evaluates = not (config.use_dropout or bn)
 
     def train(lane: Lane) -> tuple[Log, Log]:
         ds = make_dataset(
@@ -168,17 +156,37 @@ def make_train(
         opt = make_optimizer(lane.lr, lane.wd, config)
         dropout_key = stream_key(lane.seed, "dropout")
         rows, n_train = training_rows(ds, n_max, row_blocks), jnp.sum(ds.train)
+        tests = held_out_rows(ds, n_max, config.task, p)
 
-        def step(carry: tuple, t: jax.Array) -> tuple[tuple, None]:
+        def evaluate(params: Params, sums: Sums | None = None) -> Log:
+            # Eval mode (no dropout; BatchNorm with the training rows' statistics) over
+            # every pair; `sums`: the training rows' sums from a step's forward pass.
+            stats = None
+            if sums is None:
+                h = features(params, rows.m, rows.n, act)
+                stats = bn_stats(h, rows.train) if bn else None
+                sums = metrics.row_sums(readout(params, h, stats), rows, config.loss)
+            logits = readout(params, features(params, tests.m, tests.n, act), stats)
+            sums = jax.tree.map(jnp.add, sums, metrics.row_sums(logits, tests, config.loss))
+            out = metrics.means(sums, n_train, lane.n_corrupt, num_pairs(config.task, p) - n_train)
+            out.update(metrics.weight_norms(params))
+            out["ipr"] = jnp.nanmean(metrics.neuron_ipr(params))
+            return out
+
+        def step(carry: tuple, t: jax.Array) -> tuple[tuple, Sums]:
             params, opt_state = carry
-            grads = gradient(params, rows, n_train, lane.dropout, jax.random.fold_in(dropout_key, t))
+            grads, sums = gradient(params, rows, n_train, lane.dropout, jax.random.fold_in(dropout_key, t))
             updates, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), None
+            return (optax.apply_updates(params, updates), opt_state), sums
 
         def logged_block(carry: tuple, block: jax.Array) -> tuple[tuple, Log]:
-            steps = block * config.log_every + jnp.arange(config.log_every)
-            carry, _ = jax.lax.scan(step, carry, steps)
-            return carry, log_metrics(carry[0], ds)
+            # Logs the state the block starts from, with its first step's forward pass.
+            first = block * config.log_every
+            after_first, sums = step(carry, first)
+            entry = evaluate(carry[0], sums if step_evaluates else None)
+            rest = first + 1 + jnp.arange(config.log_every - 1)
+            carry, _ = jax.lax.scan(lambda c, t: (step(c, t)[0], None), after_first, rest)
+            return carry, entry
 
         def reported_blocks(carry: tuple, first_block: jax.Array) -> tuple[tuple, Log]:
             # A progress report after every `per_report` logged blocks, by nesting scans
@@ -189,14 +197,13 @@ def make_train(
             return carry, log
 
         carry = (params, opt.init(params))
-        first = log_metrics(params, ds)
         carry, log = jax.lax.scan(reported_blocks, carry, jnp.arange(0, n_reports * per_report, per_report))
         log = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), log)
         if n_logs > n_reports * per_report:  # the last few blocks, unreported
             carry, rest = jax.lax.scan(logged_block, carry, jnp.arange(n_reports * per_report, n_logs))
             log = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), log, rest)
         params = carry[0]
-        log = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, log)
+        log = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), log, evaluate(params))
         final = {"ipr_k": metrics.neuron_ipr(params)}
         if bn:
             final["bn_scale"] = params["bn_scale"]

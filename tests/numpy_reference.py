@@ -74,17 +74,20 @@ def loss_and_grads(params: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
 def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
                     steps: int, lr: float, wd: float, b1: float = 0.9, b2: float = 0.98,
                     eps: float = 1e-8, activation: str = "quad",
-                    loss: str = "mse") -> tuple[dict, list[float]]:
+                    loss: str = "mse", history: list | None = None) -> tuple[dict, list[float]]:
     """Full-batch training with torch.optim.AdamW semantics (decoupled decay first).
 
     Returns (final params, loss at the start of each step; length `steps`).
-    params0 is copied, not mutated.
+    params0 is copied, not mutated. If given, `history` receives a copy of the params
+    at the start of every step and at the end (steps + 1 entries).
     """
     w = {k: np.array(params0[k], dtype=np.float64, copy=True) for k in ("U", "V", "W")}
     mom = {k: np.zeros_like(v) for k, v in w.items()}
     vel = {k: np.zeros_like(v) for k, v in w.items()}
     losses: list[float] = []
     for t in range(1, steps + 1):
+        if history is not None:
+            history.append({k: v.copy() for k, v in w.items()})
         L, g = loss_and_grads(w, m, n, y, activation, loss)
         losses.append(L)
         for k in w:
@@ -94,7 +97,43 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
             mhat = mom[k] / (1.0 - b1**t)
             vhat = vel[k] / (1.0 - b2**t)
             w[k] = w[k] - lr * mhat / (np.sqrt(vhat) + eps)
+    if history is not None:
+        history.append({k: v.copy() for k, v in w.items()})
     return w, losses
+
+
+def metrics(params: dict, order: np.ndarray, label: np.ndarray, n_train: int, n_corrupt: int,
+            pair_label: np.ndarray, usable: int, activation: str = "quad", loss: str = "mse") -> dict:
+    """The logged metrics over every usable pair, by argmax.
+
+    order: pair indices m·p + n, training rows first, the `usable` pairs before the
+    unusable ones; label: the labels trained on, in that order (corrupted in the first
+    n_corrupt rows); pair_label: the true label of every pair, in pair order.
+    """
+    p = len(params["W"][0])
+    order = np.asarray(order)[:usable]
+    m, n = np.divmod(order, p)
+    z = forward(params, m, n, activation)
+    true = np.asarray(pair_label)[order]
+    y = np.concatenate([np.asarray(label)[:n_train], true[n_train:]])
+    if loss == "mse":
+        terms = np.mean((z - np.eye(p)[y]) ** 2, axis=1)
+    else:
+        zs = z - z.max(axis=1, keepdims=True)
+        terms = np.log(np.sum(np.exp(zs), axis=1)) - zs[np.arange(len(y)), y]
+    pred = np.argmax(z, axis=1)
+    mean = lambda x: np.sum(x) / len(x) if len(x) else np.nan  # noqa: E731  (NaN for an empty set)
+    train, corrupt, clean, test = slice(0, n_train), slice(0, n_corrupt), slice(n_corrupt, n_train), slice(n_train, None)
+    U, V, W = (np.asarray(params[k], np.float64) for k in "UVW")
+    return {
+        "train_loss": mean(terms[train]), "test_loss": mean(terms[test]),
+        "train_acc": mean(pred[train] == y[train]), "test_acc": mean(pred[test] == y[test]),
+        "corrupt_acc": mean(pred[corrupt] == y[corrupt]), "inversion_acc": mean(pred[corrupt] == true[corrupt]),
+        "clean_acc": mean(pred[clean] == true[clean]),
+        "norm_U": np.linalg.norm(U), "norm_V": np.linalg.norm(V), "norm_W": np.linalg.norm(W),
+        "weight_norm": np.sqrt(np.sum(U**2) + np.sum(V**2) + np.sum(W**2)),
+        "ipr": np.mean(neuron_ipr(U, V, W)),
+    }
 
 
 def analytic_solution(p: int, N: int, rng: np.random.Generator) -> dict:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from grok_jax import metrics
-from grok_jax.data import make_dataset, pair_labels, split_sizes
+from grok_jax.data import make_dataset, num_pairs, pair_labels, split_sizes, held_out_rows, training_rows
 from grok_jax.errors import ConfigError
 
 
@@ -30,10 +30,10 @@ def test_masks_counts_and_labels():
     assert ds.train.sum() == n_train and ds.train[:n_train].all()
     assert ds.corrupt.sum() == n_corrupt and ds.corrupt[:n_corrupt].all()
     assert not (ds.corrupt & ~ds.train).any()
-    assert ds.train_pair.sum() == n_train and ds.test.sum() == p * p - n_train
-    assert not (ds.train_pair & ds.test).any()
+    assert ds.test.sum() == p * p - n_train
+    assert not ds.test[ds.order[:n_train]].any() and ds.test[ds.order[n_train:]].all()
     # The training rows are exactly the training pairs, and their operands match.
-    np.testing.assert_array_equal(np.sort(ds.order[:n_train]), np.flatnonzero(ds.train_pair))
+    np.testing.assert_array_equal(np.sort(ds.order[:n_train]), np.flatnonzero(~ds.test))
     np.testing.assert_array_equal(ds.m * p + ds.n, ds.order[:90])
     np.testing.assert_array_equal(ds.true_label, (ds.m + ds.n) % p)
     clean = ~ds.corrupt
@@ -52,12 +52,32 @@ def test_test_labels_are_never_corrupted():
     m, n = np.divmod(np.arange(p * p), p)
     labels = np.asarray(pair_labels("add", p))
     np.testing.assert_array_equal(labels, (m + n) % p)
-    out = metrics.evaluate(jax.nn.one_hot(labels, p), ds, labels, "mse")
+    sums = [metrics.row_sums(jax.nn.one_hot(rows.true_label, p), rows, "mse")
+            for rows in (training_rows(ds, 90, row_blocks=4), held_out_rows(ds, 90, "add", p))]
+    out = metrics.means(jax.tree.map(lambda a, b: a + b, *sums), n_train, n_corrupt, p * p - n_train)
     lucky = np.mean(ds.label[:n_corrupt] == ds.true_label[:n_corrupt])
     assert float(out["test_acc"]) == float(out["clean_acc"]) == float(out["inversion_acc"]) == 1.0
     assert float(out["test_loss"]) == 0.0
     np.testing.assert_allclose(float(out["corrupt_acc"]), lucky, rtol=1e-6)
     np.testing.assert_allclose(float(out["train_acc"]), 1 - n_corrupt * (1 - lucky) / n_train, rtol=1e-6)
+
+
+@pytest.mark.parametrize("task", ["add", "div"])
+def test_training_and_test_rows_hold_every_usable_pair_once(task):
+    p = 11
+    ds, n_train, _ = _dataset(task=task, n_max=80 if task == "add" else 70)
+    n_max = ds.m.shape[0]
+    rows, tests = training_rows(ds, n_max, row_blocks=3), held_out_rows(ds, n_max, task, p)
+    real = rows.train | rows.test  # not the rows that pad the blocks
+    pairs = np.concatenate([np.asarray(rows.pair)[real], np.asarray(tests.pair)])
+    m, n = np.divmod(np.arange(p * p), p)
+    usable = np.flatnonzero(n != 0) if task == "div" else np.arange(p * p)
+    np.testing.assert_array_equal(np.sort(pairs), usable)
+    assert np.asarray(rows.train).sum() == n_train
+    assert np.asarray(rows.test).sum() + np.asarray(tests.test).sum() == num_pairs(task, p) - n_train
+    labels = np.asarray(pair_labels(task, p))
+    np.testing.assert_array_equal(np.asarray(tests.label), labels[np.asarray(tests.pair)])
+    np.testing.assert_array_equal(np.asarray(rows.true_label)[real], labels[np.asarray(rows.pair)[real]])
 
 
 def test_training_sets_are_nested_across_alpha():

@@ -6,14 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
+import optax
 import pytest
 
-from grok_jax import sweep
+from grok_jax import metrics, sweep
 from grok_jax.config import base_config, static_config
-from grok_jax.data import make_dataset, split_sizes
+from grok_jax.data import make_dataset, split_sizes, training_rows
 from grok_jax.models import init_params
 from grok_jax.sweep import PADDING_TOLERANCE, compile_groups, lane_bytes, make_plan, run_sweep
-from grok_jax.train import Lane, make_gradient, make_optimizer, make_train, stream_key, training_rows
+from grok_jax.train import Lane, make_gradient, make_optimizer, make_train, stream_key
 
 
 def test_one_adamw_step_is_pytorchs():
@@ -71,6 +72,74 @@ def test_trajectory_matches_numpy_oracle(activation, loss, row_blocks):
     assert abs(float(log["train_acc"][-1]) - train_acc) <= 1 / n_train
 
 
+@pytest.mark.parametrize("task,activation,loss,dropout_program,row_blocks,log_every,xi", [
+    ("add", "quad", "mse", False, 1, 5, 0.3),
+    ("add", "relu", "ce", False, 4, 5, 0.3),
+    ("add", "quad", "mse", True, 1, 5, 0.3),  # a dropout program (rate 0 here)
+    ("add", "relu", "ce", True, 4, 5, 0.3),
+    ("div", "quad", "mse", False, 4, 1, 0.0),  # p(p-1) usable pairs; every step logged; no corrupted rows
+])
+def test_every_logged_metric_matches_numpy(task, activation, loss, dropout_program, row_blocks, log_every, xi):
+    # Without dropout the training rows' metrics come from each logged block's first
+    # step; a dropout program evaluates them by a forward of their own.
+    config = _small(task=task, activation=activation, loss=loss, log_every=log_every, xi=xi)
+    p = config.p
+    n_train, n_corrupt = split_sizes(config.alpha, config.xi, task, p)
+    n_max = n_train + 9  # padded: 9 test pairs sit among the training rows
+    static = static_config(config).as_configdict()
+    static.use_dropout = dropout_program
+    seed = jnp.int32(2)
+    lane = Lane(seed, jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
+                jnp.float32(config.lr), jnp.float32(0.0))
+    log, _ = jax.jit(make_train(static, n_max, row_blocks=row_blocks))(lane)
+    ds = jax.tree.map(np.asarray, make_dataset(stream_key(seed, "split"), stream_key(seed, "corrupt"),
+                                               n_train, n_corrupt, task=task, p=p, n_max=n_max))
+    params0 = jax.tree.map(np.asarray, init_params(stream_key(seed, "init"), p, config.width))
+    history = []
+    ref.train_reference(params0, ds.m[:n_train], ds.n[:n_train], ds.label[:n_train], config.steps, config.lr,
+                        config.wd, activation=activation, loss=loss, history=history)
+    m, n = np.divmod(np.arange(p * p), p)
+    pair_label = (m + n) % p if task == "add" else np.array([a * pow(int(b), p - 2, p) % p for a, b in zip(m, n)])
+    usable = p * p if task == "add" else p * (p - 1)
+    assert len(log["train_loss"]) == len(history[::log_every]) == config.steps // log_every + 1
+    for i, params in enumerate(history[::log_every]):
+        expected = ref.metrics(params, ds.order, ds.label, n_train, n_corrupt, pair_label, usable, activation, loss)
+        for name, value in expected.items():
+            if np.isnan(value):  # an empty set (no corrupted rows)
+                assert np.isnan(log[name][i]), (name, i)
+            elif name.endswith("_acc"):  # a near-tie may flip between float32 and float64: one example
+                size = {"test": usable - n_train, "corrupt": n_corrupt, "inversion": n_corrupt,
+                        "clean": n_train - n_corrupt}.get(name.split("_")[0], n_train)
+                assert abs(float(log[name][i]) - value) <= 1.01 / size, (name, i)
+            else:
+                np.testing.assert_allclose(log[name][i], value, rtol=2e-3, err_msg=f"{name} at log {i}")
+    assert log["train_acc"][-1] > log["train_acc"][0] and log["test_loss"][-1] != log["test_loss"][0]  # it moved
+
+
+def test_dropout_masks_follow_the_step_index():
+    # make_train against a hand-written loop in which step t draws its masks from
+    # fold_in(dropout key, t): the other dropout tests compare programs with each other.
+    config = _small(steps=12, log_every=4)
+    static = static_config(config).as_configdict()
+    static.use_dropout = True
+    n_train, n_corrupt = split_sizes(config.alpha, config.xi, config.task, config.p)
+    seed, rate, wd, lr = jnp.int32(1), jnp.float32(0.3), jnp.float32(config.wd), jnp.float32(config.lr)
+    log, _ = jax.jit(make_train(static, n_train))(Lane(seed, jnp.int32(n_train), jnp.int32(n_corrupt), wd, lr, rate))
+    ds = make_dataset(stream_key(seed, "split"), stream_key(seed, "corrupt"), n_train, n_corrupt,
+                      task=config.task, p=config.p, n_max=n_train)
+    params = init_params(stream_key(seed, "init"), config.p, config.width)
+    opt = make_optimizer(lr, wd, static)
+    state, gradient, rows = opt.init(params), jax.jit(make_gradient(static)), training_rows(ds, n_train)
+    norms = [metrics.weight_norms(params)["weight_norm"]]
+    for t in range(config.steps):
+        grads, _ = gradient(params, rows, jnp.int32(n_train), rate, jax.random.fold_in(stream_key(seed, "dropout"), t))
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        if (t + 1) % config.log_every == 0:
+            norms.append(metrics.weight_norms(params)["weight_norm"])
+    np.testing.assert_allclose(log["weight_norm"], norms, rtol=1e-6)
+
+
 def _padded_rows(n_train=50, n_max=72, seed=4):
     """A training set of ``n_train`` rows padded to ``n_max``, with some corrupted labels."""
     return make_dataset(stream_key(seed, "split"), stream_key(seed, "corrupt"), n_train, 10,
@@ -84,12 +153,17 @@ def test_gradient_over_padded_rows_matches_numpy(activation, loss, row_blocks):
     config = static_config(_small(activation=activation, loss=loss))
     ds = _padded_rows()
     params = init_params(jax.random.key(0), config.p, config.width)
-    grads = jax.jit(make_gradient(config, row_blocks))(
+    grads, sums = jax.jit(make_gradient(config, row_blocks))(
         params, training_rows(ds, 72, row_blocks), jnp.sum(ds.train), 0.0, jax.random.key(1))
     m, n, y = (np.asarray(a)[:50] for a in (ds.m, ds.n, ds.label))
-    _, expected = ref.loss_and_grads(jax.tree.map(np.asarray, params), m, n, y, activation, loss)
+    expected_loss, expected = ref.loss_and_grads(jax.tree.map(np.asarray, params), m, n, y, activation, loss)
     for k in expected:
         np.testing.assert_allclose(grads[k], expected[k], rtol=1e-4, atol=1e-6 * np.abs(expected[k]).max(), err_msg=k)
+    # The sums of the logits computed on the way: the training rows, and the padding rows (test pairs).
+    np.testing.assert_allclose(sums["train_loss"] / 50, expected_loss, rtol=1e-5)
+    hits = np.argmax(ref.forward(jax.tree.map(np.asarray, params), ds.m, ds.n, activation), -1) == np.asarray(ds.label)
+    assert int(sums["train_acc"]) == hits[:50].sum() and int(sums["test_acc"]) == hits[50:].sum()
+    assert int(sums["corrupt_acc"]) == hits[:10].sum()
 
 
 def test_blocked_gradient_with_dropout_equals_one_block():
@@ -98,9 +172,9 @@ def test_blocked_gradient_with_dropout_equals_one_block():
     ds = _padded_rows()
     params = init_params(jax.random.key(0), config.p, config.width)
     args = (jnp.sum(ds.train), jnp.float32(0.3), jax.random.key(1))
-    one = make_gradient(config)(params, training_rows(ds, 72), *args)
-    blocked = make_gradient(config, 4)(params, training_rows(ds, 72, 4), *args)
-    no_dropout = make_gradient(config)(params, training_rows(ds, 72), args[0], jnp.float32(0.0), args[2])
+    one, _ = make_gradient(config)(params, training_rows(ds, 72), *args)
+    blocked, _ = make_gradient(config, 4)(params, training_rows(ds, 72, 4), *args)
+    no_dropout, _ = make_gradient(config)(params, training_rows(ds, 72), args[0], jnp.float32(0.0), args[2])
     for k in one:
         np.testing.assert_allclose(blocked[k], one[k], rtol=1e-5, atol=1e-7, err_msg=k)
         assert not np.allclose(one[k], no_dropout[k])  # the masks are really applied
@@ -125,7 +199,7 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm, blocked, monke
     compiled_before = set(sweep._PROGRAMS)
     ds = run_sweep(config, progress=False, log=lambda s: None, lanes_per_device=1 if blocked else None)
     if blocked:  # the sweep really compiled a program with 5 row blocks
-        assert any(key[-1] == 5 for key in set(sweep._PROGRAMS) - compiled_before)
+        assert any(key.row_blocks == 5 for key in set(sweep._PROGRAMS) - compiled_before)
     for sel in (dict(alpha=0.4, dropout=0.3, wd=3.0, seed=1), dict(alpha=0.6, dropout=0.0, wd=0.0, seed=0)):
         alone_config = _small(steps=40, log_every=10, batchnorm=batchnorm, **sel)
         n_train, n_corrupt = split_sizes(sel["alpha"], config.xi, config.task, config.p)
@@ -166,6 +240,20 @@ def test_progress_reports_leave_the_log_unchanged():
     for name in plain:
         assert reported[name].shape == (52,)
         np.testing.assert_allclose(reported[name], plain[name], rtol=1e-6, err_msg=name)
+
+
+def test_only_long_chunks_report_progress_from_inside(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sweep, "_PROGRAMS", {})  # compile afresh, with the counting callback
+    monkeypatch.setattr(sweep, "_on_log", lambda block: calls.append(int(block)))
+    run_sweep(tiny, progress=True, log=lambda s: None)  # estimated far below REPORT_SECONDS
+    jax.effects_barrier()
+    assert calls == []
+    monkeypatch.setattr(sweep, "REPORT_SECONDS", 1e-12)  # every chunk "long": 25 reports asked for
+    run_sweep(tiny, progress=True, log=lambda s: None)
+    jax.effects_barrier()
+    n_logs = tiny.steps // tiny.log_every  # fewer than 25: a report after every logged block
+    assert sorted(set(calls)) == list(range(n_logs))
 
 
 def test_rate_zero_dropout_equals_no_dropout_program():
