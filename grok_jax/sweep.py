@@ -286,9 +286,9 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
-    train = make_train(static, n_max, on_log=_on_log if reports else None, row_blocks=blocks, reports=reports)
-    per_device = jax.shard_map(jax.vmap(train), mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)
-    fn = jax.jit(per_device, in_shardings=(sharding,))
+    train = make_train(static, n_max, on_log=_on_log, row_blocks=blocks, reports=reports)
+    sharded = jax.shard_map(jax.vmap(train), mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)
+    fn = jax.jit(sharded, in_shardings=(sharding,))
     _PROGRAMS[key] = fn.lower(lanes).compile()
     return _PROGRAMS[key], time.perf_counter() - start
 

@@ -86,8 +86,8 @@ def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., tuple[Param
         noise = dropout_noise(key, rows.pair) if config.use_dropout else None
         h = features(params, rows.m, rows.n, config.activation, rate, noise)
         logits = readout(params, h, bn_stats(h, rows.train) if config.batchnorm else None)
-        terms = metrics.loss_terms(logits, rows.label, config.loss)
-        return jnp.sum(jnp.where(rows.train, terms, 0.0)) / n_train, metrics.row_sums(logits, rows, config.loss)
+        sums = metrics.row_sums(logits, rows, config.loss)
+        return sums["train_loss"] / n_train, sums
 
     grad = jax.grad(rows_loss, has_aux=True)
     if row_blocks == 1:

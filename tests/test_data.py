@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from grok_jax import metrics
-from grok_jax.data import make_dataset, num_pairs, pair_labels, split_sizes, held_out_rows, training_rows
+from grok_jax.data import held_out_rows, make_dataset, num_pairs, pair_labels, split_sizes, training_rows
 from grok_jax.errors import ConfigError
 
 
