@@ -7,6 +7,7 @@ and ``W[k, q]`` is the paper's ``W_{q k}`` (shape ``(N, p)``). No biases.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -63,13 +64,59 @@ def features(
     Dropout (inverted, PyTorch semantics) acts on the pre-activation and only when
     ``noise`` (uniform draws in [0, 1) of that shape) is given: units whose draw is
     below the rate are zeroed, the rest scaled by 1/(1 − rate); a rate of 0 keeps
-    every unit.
+    every unit. The gradient is :func:`_first_layer`'s.
     """
-    pre = params["U"][m] + params["V"][n]
+    return _first_layer(params["U"], params["V"], m, n, jnp.asarray(dropout_rate, params["U"].dtype),
+                        noise, activation)
+
+
+def _hidden(U: jax.Array, V: jax.Array, m: jax.Array, n: jax.Array, rate: jax.Array,
+            noise: jax.Array | None, activation: str) -> tuple[jax.Array, jax.Array]:
+    """The pre-activations ``U e_m + V e_n`` (row gathers) and the features."""
+    pre = U[m] + V[n]
+    return pre, _activate(pre, rate, noise, activation)
+
+
+def _activate(pre: jax.Array, rate: jax.Array, noise: jax.Array | None, activation: str) -> jax.Array:
     if noise is not None:
-        keep = noise >= dropout_rate
-        pre = jnp.where(keep, pre / (1.0 - dropout_rate), 0.0)
+        keep = noise >= rate
+        pre = jnp.where(keep, pre / (1.0 - rate), 0.0)
     return ACTIVATIONS[activation](pre)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _first_layer(U: jax.Array, V: jax.Array, m: jax.Array, n: jax.Array, rate: jax.Array,
+                 noise: jax.Array | None, activation: str) -> jax.Array:
+    """:func:`features` with a backward pass that gathers the pre-activations anew.
+
+    Autodiff would keep the forward's two gathered ``(rows, N)`` arrays for the
+    backward pass; XLA then writes them out and cannot fuse them into the
+    activation. Here the forward is one fusion (gathers, add, activation) that
+    writes only the features, and the backward regathers behind an optimization
+    barrier (so that XLA does not merge the two): per step two fewer passes over
+    ``(rows, N)`` arrays, 5-30% of a CPU step (p 97 to 23). Same gradient as
+    autodiff's: dU, dV are the segment sums of d(pre) over m and n.
+    """
+    return _hidden(U, V, m, n, rate, noise, activation)[1]
+
+
+def _first_layer_fwd(U, V, m, n, rate, noise, activation):
+    return _first_layer(U, V, m, n, rate, noise, activation), (U, V, m, n, rate, noise)
+
+
+def _first_layer_bwd(activation, residuals, dh):
+    U, V, m, n, rate, noise = jax.lax.optimization_barrier(residuals)
+    _, vjp = jax.vjp(lambda pre: _activate(pre, rate, noise, activation), U[m] + V[n])
+    (dpre,) = vjp(dh)
+    p = U.shape[0]
+    # Indices are in range by construction: no bounds checks in the scatter-adds.
+    dU = jax.ops.segment_sum(dpre, m, num_segments=p, mode="promise_in_bounds")
+    dV = jax.ops.segment_sum(dpre, n, num_segments=p, mode="promise_in_bounds")
+    zeros = lambda x: None if x is None else jnp.zeros_like(x)  # noqa: E731  (not differentiated)
+    return dU, dV, None, None, jnp.zeros_like(rate), zeros(noise)
+
+
+_first_layer.defvjp(_first_layer_fwd, _first_layer_bwd)
 
 
 def bn_stats(h: jax.Array, weight: jax.Array) -> BNStats:
@@ -84,7 +131,33 @@ def readout(params: Params, h: jax.Array, stats: BNStats | None = None) -> jax.A
     if stats is not None:
         h = (h - stats.mean) * jax.lax.rsqrt(stats.var + BN_EPS)
         h = h * params["bn_scale"] + params["bn_shift"]
-    return h @ params["W"]
+    return _product(h, params["W"])
+
+
+@jax.custom_vjp
+def _product(h: jax.Array, w: jax.Array) -> jax.Array:
+    """``h @ w`` whose backward computes ``dwᵀ = rᵀ·h``, shape ``(p, N)``, behind an
+    optimization barrier, then transposes it (a small ``p × N`` copy).
+
+    XLA folds the transpose into the product otherwise, and on a CPU the ``(N, p)``
+    form contracts the rows in a kernel two to three times slower at small p
+    (p 31, N 128, one lane per device: 25 vs 50-80 µs).
+    """
+    return h @ w
+
+
+def _product_fwd(h, w):
+    return h @ w, (h, w)
+
+
+def _product_bwd(residuals, r):
+    h, w = residuals
+    rows = tuple(range(r.ndim - 1))  # contract the rows (and any leading row axes)
+    dwt = jax.lax.dot_general(r, h, ((rows, rows), ((), ())))
+    return r @ w.T, jax.lax.optimization_barrier(dwt).T
+
+
+_product.defvjp(_product_fwd, _product_bwd)
 
 
 def analytic_solution(key: jax.Array, p: int, width: int) -> Params:

@@ -287,10 +287,23 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
     train = make_train(static, n_max, on_log=_on_log, row_blocks=blocks, reports=reports)
-    sharded = jax.shard_map(jax.vmap(train), mesh=mesh, in_specs=(spec,), out_specs=spec, check_vma=False)
+    sharded = jax.shard_map(_per_device(train, per_device), mesh=mesh, in_specs=(spec,), out_specs=spec,
+                            check_vma=False)
     fn = jax.jit(sharded, in_shardings=(sharding,))
     _PROGRAMS[key] = fn.lower(lanes).compile()
     return _PROGRAMS[key], time.perf_counter() - start
+
+
+def _per_device(train: Callable, lanes: int) -> Callable:
+    """``vmap(train)``, or for one lane per device ``train`` itself on that lane.
+
+    Without a lane axis of size one XLA emits plain gathers and scatters (no lane
+    index in every gather index), and fuses the backward gathers into their
+    consumer: at p 31, N 128 about 10% less time per step on a CPU core.
+    """
+    if lanes > 1:
+        return jax.vmap(train)
+    return lambda lane: jax.tree.map(lambda x: x[None], train(jax.tree.map(lambda x: x[0], lane)))
 
 
 def make_mesh(plan: Plan, devices: list) -> Mesh:

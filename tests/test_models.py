@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
+import pytest
 
 from grok_jax import metrics
 from grok_jax.models import analytic_solution, features, init_params, init_std, readout
@@ -65,3 +66,34 @@ def test_dropout_rate_zero_keeps_everything_and_rescales_otherwise():
     assert abs(float(jnp.mean(zero)) - 0.5) < 0.01
     # Kept pre-activations are scaled by 1/(1-0.5) = 2, so quad features by 4.
     np.testing.assert_allclose(dropped[~zero], 4 * plain[~zero], rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["quad", "relu"])
+@pytest.mark.parametrize("rate", [None, 0.3])
+def test_hand_written_backward_passes_equal_autodiff(activation, rate):
+    # features and readout have custom VJPs (regathered pre-activations, a transposed
+    # dW product); the oracle is autodiff of the plain expressions.
+    p, width = 11, 24
+    params = init_params(jax.random.key(7), p, width)
+    m, n = (jax.random.randint(jax.random.key(s), (37,), 0, p) for s in (8, 9))  # repeated indices
+    noise = None if rate is None else jax.random.uniform(jax.random.key(10), (37, width))
+    r = 0.0 if rate is None else rate
+    target = jax.random.normal(jax.random.key(11), (37, p))
+
+    def ours(params):
+        return jnp.sum(jnp.sin(readout(params, features(params, m, n, activation, r, noise))) * target)
+
+    def plain(params):
+        pre = params["U"][m] + params["V"][n]
+        if noise is not None:
+            pre = jnp.where(noise >= r, pre / (1 - r), 0.0)
+        h = jnp.square(pre) if activation == "quad" else jax.nn.relu(pre)
+        return jnp.sum(jnp.sin(h @ params["W"]) * target)
+
+    np.testing.assert_allclose(ours(params), plain(params), rtol=1e-6)
+    expected = jax.grad(plain)(params)
+    for batched in (False, True):  # as in a sweep: under vmap over lanes
+        got = jax.vmap(jax.grad(ours))(jax.tree.map(lambda x: x[None], params)) if batched else jax.grad(ours)(params)
+        for k in "UVW":
+            np.testing.assert_allclose(jnp.squeeze(got[k], 0) if batched else got[k], expected[k],
+                                       rtol=1e-5, atol=1e-7, err_msg=k)

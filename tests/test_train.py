@@ -193,7 +193,9 @@ def _grid():
 def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm, blocked, monkeypatch):
     config = _grid()
     config.batchnorm = batchnorm
-    if blocked:  # the sweep computes gradients over blocks of rows; the lane alone does not
+    # blocked: one lane per device, where each device runs train without vmap, and the
+    # gradient over blocks of rows; the lane alone is one block
+    if blocked:
         monkeypatch.setattr(sweep, "CPU_BLOCK_BYTES", 1024)
         assert sweep.row_blocks("cpu", 72, config.width, 1, False) == 5
     compiled_before = set(sweep._PROGRAMS)
