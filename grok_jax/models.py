@@ -126,31 +126,40 @@ def bn_stats(h: jax.Array, weight: jax.Array) -> BNStats:
     return BNStats(mean, jnp.sum(w * jnp.square(h - mean), axis=0))
 
 
-def readout(params: Params, h: jax.Array, stats: BNStats | None = None) -> jax.Array:
-    """Logits ``W · h`` (after BatchNorm of ``h`` when ``stats`` is given)."""
+def readout(params: Params, h: jax.Array, stats: BNStats | None = None, columns: int | None = None) -> jax.Array:
+    """Logits ``W · h`` (after BatchNorm of ``h`` when ``stats`` is given).
+
+    ``columns`` (at least p): the product is computed with ``W`` padded by zero
+    columns to this width, which some CPU kernels multiply faster (see
+    :func:`grok_jax.sweep.readout_columns`); the logits are the same.
+    """
     if stats is not None:
         h = (h - stats.mean) * jax.lax.rsqrt(stats.var + BN_EPS)
         h = h * params["bn_scale"] + params["bn_shift"]
-    return _product(h, params["W"])
+    return _product(h, params["W"], columns or params["W"].shape[1])
 
 
-@jax.custom_vjp
-def _product(h: jax.Array, w: jax.Array) -> jax.Array:
-    """``h @ w`` whose backward computes ``dwᵀ = rᵀ·h``, shape ``(p, N)``, behind an
-    optimization barrier, then transposes it (a small ``p × N`` copy).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _product(h: jax.Array, w: jax.Array, columns: int) -> jax.Array:
+    """``h @ w`` (computed ``columns`` wide) whose backward computes ``dwᵀ = rᵀ·h``,
+    shape ``(p, N)``, behind an optimization barrier, then transposes it (a small
+    ``p × N`` copy). The backward products stay ``p`` wide.
 
     XLA folds the transpose into the product otherwise, and on a CPU the ``(N, p)``
     form contracts the rows in a kernel two to three times slower at small p
     (p 31, N 128, one lane per device: 25 vs 50-80 µs).
     """
-    return h @ w
+    p = w.shape[1]
+    if columns == p:
+        return h @ w
+    return (h @ jnp.pad(w, ((0, 0), (0, columns - p))))[..., :p]
 
 
-def _product_fwd(h, w):
-    return h @ w, (h, w)
+def _product_fwd(h, w, columns):
+    return _product(h, w, columns), (h, w)
 
 
-def _product_bwd(residuals, r):
+def _product_bwd(columns, residuals, r):
     h, w = residuals
     rows = tuple(range(r.ndim - 1))  # contract the rows (and any leading row axes)
     dwt = jax.lax.dot_general(r, h, ((rows, rows), ((), ())))

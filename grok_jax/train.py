@@ -52,7 +52,7 @@ def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any) -> optax.GradientT
     return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd)
 
 
-def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., tuple[Params, Sums]]:
+def make_gradient(config: Any, row_blocks: int = 1, columns: int | None = None) -> Callable[..., tuple[Params, Sums]]:
     """Returns ``gradient(params, rows, n_train, dropout, key) -> (grads, sums)``:
     the gradient of the mean training loss over ``rows`` (from
     :func:`grok_jax.data.training_rows` with the same ``row_blocks``), ``n_train``
@@ -64,7 +64,8 @@ def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., tuple[Param
     sums the blocks' gradients (the same numbers up to rounding): a block's
     activations then stay in a CPU core's cache between the forward and backward
     passes (20-25% faster per step at p 97, N 500, one lane per core). BatchNorm
-    couples all rows, so it needs ``row_blocks == 1``.
+    couples all rows, so it needs ``row_blocks == 1``. ``columns`` is passed to
+    :func:`grok_jax.models.readout`.
 
     Example:
       >>> gradient = make_gradient(config, row_blocks=4)
@@ -85,7 +86,7 @@ def make_gradient(config: Any, row_blocks: int = 1) -> Callable[..., tuple[Param
         # These rows' share of the mean training loss (all of it when rows are all rows).
         noise = dropout_noise(key, rows.pair) if config.use_dropout else None
         h = features(params, rows.m, rows.n, config.activation, rate, noise)
-        logits = readout(params, h, bn_stats(h, rows.train) if config.batchnorm else None)
+        logits = readout(params, h, bn_stats(h, rows.train) if config.batchnorm else None, columns)
         sums = metrics.row_sums(logits, rows, config.loss)
         return sums["train_loss"] / n_train, sums
 
@@ -112,11 +113,12 @@ def make_train(
     on_log: Callable[[jax.Array], None] | None = None,
     row_blocks: int = 1,
     reports: int = 25,
+    columns: int | None = None,
 ) -> Callable[[Lane], tuple[Log, Log]]:
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
     ``config`` holds the static settings of :func:`grok_jax.config.static_config`.
-    ``row_blocks`` is passed to :func:`make_gradient`.
+    ``row_blocks`` and ``columns`` are passed to :func:`make_gradient`.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
     given, is called on the host with the index of a finished logging block after
@@ -137,7 +139,7 @@ def make_train(
     n_logs, rem = divmod(config.steps, config.log_every)
     if rem:
         raise ValueError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
-    gradient = make_gradient(config, row_blocks)
+    gradient = make_gradient(config, row_blocks, columns)
     if on_log is None or reports < 1:
         on_log, reports = None, 1
     per_report = max(1, n_logs // reports)  # logged blocks per progress report
@@ -165,8 +167,8 @@ def make_train(
             if sums is None:
                 h = features(params, rows.m, rows.n, act)
                 stats = bn_stats(h, rows.train) if bn else None
-                sums = metrics.row_sums(readout(params, h, stats), rows, config.loss)
-            logits = readout(params, features(params, tests.m, tests.n, act), stats)
+                sums = metrics.row_sums(readout(params, h, stats, columns), rows, config.loss)
+            logits = readout(params, features(params, tests.m, tests.n, act), stats, columns)
             sums = jax.tree.map(jnp.add, sums, metrics.row_sums(logits, tests, config.loss))
             out = metrics.means(sums, n_train, lane.n_corrupt, num_pairs(config.task, p) - n_train)
             out.update(metrics.weight_norms(params))

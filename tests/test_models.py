@@ -68,11 +68,12 @@ def test_dropout_rate_zero_keeps_everything_and_rescales_otherwise():
     np.testing.assert_allclose(dropped[~zero], 4 * plain[~zero], rtol=1e-5)
 
 
-@pytest.mark.parametrize("activation", ["quad", "relu"])
+@pytest.mark.parametrize("activation,columns", [("quad", None), ("relu", 16)])
 @pytest.mark.parametrize("rate", [None, 0.3])
-def test_hand_written_backward_passes_equal_autodiff(activation, rate):
+def test_hand_written_backward_passes_equal_autodiff(activation, columns, rate):
     # features and readout have custom VJPs (regathered pre-activations, a transposed
-    # dW product); the oracle is autodiff of the plain expressions.
+    # dW product, a readout padded to 16 columns); the oracle is autodiff of the plain
+    # expressions.
     p, width = 11, 24
     params = init_params(jax.random.key(7), p, width)
     m, n = (jax.random.randint(jax.random.key(s), (37,), 0, p) for s in (8, 9))  # repeated indices
@@ -81,7 +82,8 @@ def test_hand_written_backward_passes_equal_autodiff(activation, rate):
     target = jax.random.normal(jax.random.key(11), (37, p))
 
     def ours(params):
-        return jnp.sum(jnp.sin(readout(params, features(params, m, n, activation, r, noise))) * target)
+        h = features(params, m, n, activation, r, noise)
+        return jnp.sum(jnp.sin(readout(params, h, columns=columns)) * target)
 
     def plain(params):
         pre = params["U"][m] + params["V"][n]

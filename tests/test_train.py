@@ -8,6 +8,7 @@ import numpy as np
 import numpy_reference as ref
 import optax
 import pytest
+from jax.sharding import Mesh
 
 from grok_jax import metrics, sweep
 from grok_jax.config import base_config, static_config
@@ -193,15 +194,17 @@ def _grid():
 def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm, blocked, monkeypatch):
     config = _grid()
     config.batchnorm = batchnorm
-    # blocked: one lane per device, where each device runs train without vmap, and the
-    # gradient over blocks of rows; the lane alone is one block
+    # blocked: one lane per device, where each device runs train without vmap, the
+    # gradient over blocks of rows and the readout product padded to 16 columns; the
+    # lane alone is one block, p columns wide
     if blocked:
         monkeypatch.setattr(sweep, "CPU_BLOCK_BYTES", 1024)
+        monkeypatch.setattr(sweep, "readout_columns", lambda mesh, rows, width, p: 16)
         assert sweep.row_blocks("cpu", 72, config.width, 1, False) == 5
     compiled_before = set(sweep._PROGRAMS)
     ds = run_sweep(config, progress=False, log=lambda s: None, lanes_per_device=1 if blocked else None)
-    if blocked:  # the sweep really compiled a program with 5 row blocks
-        assert any(key.row_blocks == 5 for key in set(sweep._PROGRAMS) - compiled_before)
+    if blocked:  # the sweep really compiled a program with 5 row blocks and 16 columns
+        assert any(key.row_blocks == 5 and key.columns == 16 for key in set(sweep._PROGRAMS) - compiled_before)
     for sel in (dict(alpha=0.4, dropout=0.3, wd=3.0, seed=1), dict(alpha=0.6, dropout=0.0, wd=0.0, seed=0)):
         alone_config = _small(steps=40, log_every=10, batchnorm=batchnorm, **sel)
         n_train, n_corrupt = split_sizes(sel["alpha"], config.xi, config.task, config.p)
@@ -225,6 +228,28 @@ def test_row_blocks_only_for_one_lane_per_cpu_device_without_batchnorm():
     assert sweep.row_blocks("cpu", 4704, 500, 1, True) == 1
     with pytest.raises(ValueError, match="row_blocks=2"):
         make_train(static_config(_small(batchnorm=True)), 72, row_blocks=2)
+
+
+def test_readout_is_padded_only_when_clearly_faster(monkeypatch):
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("lanes",))
+    measured = {}
+    monkeypatch.setattr(sweep, "_product_seconds", lambda mesh, rows, width, p, candidates: measured[candidates])
+    measured[(31, 32)] = {31: 1.0, 32: 0.8}
+    assert sweep.readout_columns(mesh, 480, 128, 31) == 32
+    measured[(31, 32)] = {31: 1.0, 32: 0.9}  # within COLUMNS_MARGIN: a near-tie keeps p
+    assert sweep.readout_columns(mesh, 480, 128, 31) == 31
+    measured[(41, 48)] = {41: 1.0, 48: 1.2}
+    assert sweep.readout_columns(mesh, 840, 128, 41) == 41
+    measured[(53, 56, 64)] = {53: 1.0, 56: 0.8, 64: 0.7}
+    assert sweep.readout_columns(mesh, 1404, 128, 53) == 64
+    assert sweep.readout_columns(mesh, 512, 128, 32) == 32  # nothing to choose: not measured
+
+
+def test_readout_columns_are_measured_on_the_devices():
+    mesh = Mesh(np.asarray(jax.devices()), ("lanes",))
+    seconds = sweep._product_seconds(mesh, 60, 32, 11, (11, 16), rounds=2)
+    assert set(seconds) == {11, 16} and all(0 < s < 1 for s in seconds.values())
+    assert sweep.readout_columns(mesh, 60, 32, 11) in (11, 16)
 
 
 def test_progress_reports_leave_the_log_unchanged():
