@@ -88,8 +88,9 @@ def _first_layer(U: jax.Array, V: jax.Array, m: jax.Array, n: jax.Array, rate: j
     activation. Here the forward is one fusion (gathers, add, activation) that
     writes only the features, and the backward regathers behind an optimization
     barrier (so that XLA does not merge the two): per step two fewer passes over
-    ``(rows, N)`` arrays, 5-30% of a CPU step (p 97 to 23). Same gradient as
-    autodiff's: dU, dV are the segment sums of d(pre) over m and n.
+    ``(rows, N)`` arrays, 5-30% of a CPU step (p 97 to 23). dU and dV are
+    autodiff's (the segment sums of d(pre) over m and n); the dropout rate and
+    noise get no gradient, and there is no forward-mode (``jvp``) rule.
     """
     return _activate(U[m] + V[n], rate, noise, activation)
 
@@ -102,10 +103,10 @@ def _first_layer_bwd(activation, residuals, dh):
     U, V, m, n, rate, noise = jax.lax.optimization_barrier(residuals)
     _, vjp = jax.vjp(lambda pre: _activate(pre, rate, noise, activation), U[m] + V[n])
     (dpre,) = vjp(dh)
-    p = U.shape[0]
+    dpre, m, n = dpre.reshape(-1, dpre.shape[-1]), m.reshape(-1), n.reshape(-1)  # rows of any shape
     # Indices are in range by construction: no bounds checks in the scatter-adds.
-    dU = jax.ops.segment_sum(dpre, m, num_segments=p, mode="promise_in_bounds")
-    dV = jax.ops.segment_sum(dpre, n, num_segments=p, mode="promise_in_bounds")
+    dU = jax.ops.segment_sum(dpre, m, num_segments=U.shape[0], mode="promise_in_bounds")
+    dV = jax.ops.segment_sum(dpre, n, num_segments=V.shape[0], mode="promise_in_bounds")
     # rate and noise are never differentiated: zero cotangents, which XLA drops
     return dU, dV, None, None, jnp.zeros_like(rate), None if noise is None else jnp.zeros_like(noise)
 
@@ -127,17 +128,20 @@ def readout(params: Params, h: jax.Array, stats: BNStats | None = None, columns:
     columns to this width, which some CPU kernels multiply faster (see
     :func:`grok_jax.sweep.readout_columns`); the logits are the same.
     """
+    p = params["W"].shape[1]
+    if columns is not None and columns < p:
+        raise ValueError(f"columns={columns}: the readout product needs at least p={p} columns")
     if stats is not None:
         h = (h - stats.mean) * jax.lax.rsqrt(stats.var + BN_EPS)
         h = h * params["bn_scale"] + params["bn_shift"]
-    return _product(h, params["W"], columns or params["W"].shape[1])
+    return _product(h, params["W"], columns or p)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _product(h: jax.Array, w: jax.Array, columns: int) -> jax.Array:
     """``h @ w`` (computed ``columns`` wide) whose backward computes ``dwᵀ = rᵀ·h``,
     shape ``(p, N)``, behind an optimization barrier, then transposes it (a small
-    ``p × N`` copy). The backward products stay ``p`` wide.
+    ``p × N`` copy). The backward products stay ``p`` wide. No forward-mode rule.
 
     XLA folds the transpose into the product otherwise, and on a CPU the ``(N, p)``
     form contracts the rows in a kernel two to three times slower at small p

@@ -201,8 +201,8 @@ class ProgramKey(NamedTuple):
     lanes: int  # lanes per chunk
     devices: tuple
     row_blocks: int
+    columns: int
     reports: int  # progress reports per run
-    columns: int  # of the readout product (see readout_columns)
 
 
 _PROGRAMS: dict[ProgramKey, Callable] = {}
@@ -241,7 +241,7 @@ def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, bat
     return min(n_max, max(1, -(-n_max * width * 4 // CPU_BLOCK_BYTES)))
 
 
-def readout_columns(mesh: Mesh, rows: int, width: int, p: int) -> int:
+def readout_columns(mesh: Mesh, rows: int, width: int, p: int, lanes_per_device: int = 1) -> int:
     """Columns of the readout product ``h·W`` (see :func:`grok_jax.models.readout`).
 
     CPU matmul kernels are tuned for some output widths: at N 128 padding p 31 to
@@ -250,10 +250,11 @@ def readout_columns(mesh: Mesh, rows: int, width: int, p: int) -> int:
     timed for p rounded up to a multiple of 8 and of 16, on every device of
     ``mesh`` at once as a sweep runs (once per shape and process, well under a
     second), and padded when that is at least :data:`COLUMNS_MARGIN` faster.
-    Accelerators: ``p`` (their compilers pad).
+    Accelerators, and devices with several lanes (whose products are batched, not
+    what is timed): ``p``.
     """
     candidates = tuple(sorted({p, -(-p // 8) * 8, -(-p // 16) * 16}))
-    if mesh.devices.flat[0].platform != "cpu" or len(candidates) == 1:
+    if mesh.devices.flat[0].platform != "cpu" or lanes_per_device != 1 or len(candidates) == 1:
         return p
     seconds = _product_seconds(mesh, rows, width, p, candidates)
     best = min(candidates, key=seconds.__getitem__)
@@ -322,28 +323,43 @@ def progress_reports(config: Any, n_max: int, lanes_per_device: int, rate: float
     return min(25, int(seconds / REPORT_SECONDS))
 
 
+class Layout(NamedTuple):
+    """How a chunk program lays out its work on a device: choices of speed that
+    change results at most by rounding."""
+
+    row_blocks: int  # see row_blocks
+    columns: int  # of the readout product (see readout_columns)
+
+
+def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> Layout:
+    """The :class:`Layout` of a chunk of ``n_lanes`` lanes sharded over ``mesh``."""
+    per_device = n_lanes // mesh.size
+    blocks = row_blocks(mesh.devices.flat[0].platform, n_max, config.width, per_device, config.batchnorm)
+    return Layout(blocks, readout_columns(mesh, -(-n_max // blocks), config.width, config.p, per_device))
+
+
 def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh,
                    progress: bool = False) -> tuple[Callable, float]:
-    """The compiled ``jit(vmap(train))`` for these static settings and shapes, and
-    the seconds spent compiling it now (0 when it came from the cache). With
-    ``progress`` it reports to the progress bar while it runs (if it runs long)."""
+    """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
+    per device) for these static settings and shapes, and the seconds spent
+    compiling it now (0 when it came from the cache). With ``progress`` it reports
+    to the progress bar while it runs (if it runs long)."""
     static = cfg.static_config(config)
     sharding = NamedSharding(mesh, PartitionSpec("lanes"))
     per_device = len(lanes.seed) // mesh.size
-    platform = mesh.devices.flat[0].platform
-    blocks = row_blocks(platform, n_max, static.width, per_device, static.batchnorm)
+    layout = chunk_layout(static, n_max, len(lanes.seed), mesh)
     reports = progress_reports(static, n_max, per_device, _matmul_rate_once()) if progress else 0
-    columns = readout_columns(mesh, -(-n_max // blocks), static.width, static.p)
-    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), blocks, reports, columns)
+    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), *layout, reports)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
-    # shard_map: each device runs vmap(train) on its own lanes, with no collective
-    # (left to the SPMD partitioner, the inputs of the IPR were gathered onto every device).
+    # shard_map: each device runs train on its own lanes, with no collective (left to
+    # the SPMD partitioner, the inputs of the IPR were gathered onto every device).
     # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
-    train = make_train(static, n_max, on_log=_on_log, row_blocks=blocks, reports=reports, columns=columns)
+    train = make_train(static, n_max, on_log=_on_log, row_blocks=layout.row_blocks, reports=reports,
+                       columns=layout.columns)
     sharded = jax.shard_map(_per_device(train, per_device), mesh=mesh, in_specs=(spec,), out_specs=spec,
                             check_vma=False)
     fn = jax.jit(sharded, in_shardings=(sharding,))
@@ -436,13 +452,19 @@ def run_sweep(
 def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
                 finish: Callable[[Chunk, tuple], None], log: Callable[[str], None], progress: bool) -> None:
     """Trains the pending chunks; each is finished on the host while the next trains."""
+    static = cfg.static_config(config)
+    # Layouts first: timing a readout product waits for a device, which must not
+    # happen while a chunk trains (it would stop the next compile from overlapping it).
+    layouts = {c.n_max: chunk_layout(static, c.n_max, len(c.lanes), mesh) for c in pending}
     in_flight = None  # (chunk, its outputs)
     for i, c in enumerate([*pending, None]):
         if c is not None:
             chunk = chunk_lanes(plan, c, mesh)
             program, seconds = compiled_train(config, c.n_max, chunk, mesh, progress)
             if seconds:
-                log(f"compiled in {seconds:.1f} s (n_train padded to {c.n_max})")
+                columns = layouts[c.n_max].columns
+                wide = f"; readout product {columns} columns wide" if columns > static.p else ""
+                log(f"compiled in {seconds:.1f} s (n_train padded to {c.n_max}{wide})")
         if in_flight is not None:
             jax.block_until_ready(in_flight[1])
             jax.effects_barrier()  # every progress callback of that chunk has run

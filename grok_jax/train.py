@@ -118,7 +118,8 @@ def make_train(
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
     ``config`` holds the static settings of :func:`grok_jax.config.static_config`.
-    ``row_blocks`` and ``columns`` are passed to :func:`make_gradient`.
+    ``row_blocks`` is passed to :func:`make_gradient`, ``columns`` to it and to
+    every :func:`grok_jax.models.readout`.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
     given, is called on the host with the index of a finished logging block after

@@ -68,34 +68,45 @@ def test_dropout_rate_zero_keeps_everything_and_rescales_otherwise():
     np.testing.assert_allclose(dropped[~zero], 4 * plain[~zero], rtol=1e-5)
 
 
-@pytest.mark.parametrize("activation,columns", [("quad", None), ("relu", 16)])
+@pytest.mark.parametrize("activation,columns", [("quad", None), ("relu", 16), ("quad", 12)])
 @pytest.mark.parametrize("rate", [None, 0.3])
 def test_hand_written_backward_passes_equal_autodiff(activation, columns, rate):
     # features and readout have custom VJPs (regathered pre-activations, a transposed
-    # dW product, a readout padded to 16 columns); the oracle is autodiff of the plain
-    # expressions.
-    p, width = 11, 24
-    params = init_params(jax.random.key(7), p, width)
-    m, n = (jax.random.randint(jax.random.key(s), (37,), 0, p) for s in (8, 9))  # repeated indices
-    noise = None if rate is None else jax.random.uniform(jax.random.key(10), (37, width))
-    r = 0.0 if rate is None else rate
-    target = jax.random.normal(jax.random.key(11), (37, p))
+    # dW product, a readout padded to more columns); the oracle is autodiff of the
+    # plain expressions, for two lanes under jit(vmap) as in a sweep and for rows
+    # of two dimensions (blocks of rows).
+    p, width, rows = 11, 24, 36
+    keys = jax.random.split(jax.random.key(7), 2)
+    params = jax.vmap(lambda k: init_params(k, p, width))(keys)
+    m, n = (jax.random.randint(jax.random.key(s), (2, rows), 0, p) for s in (8, 9))  # repeated indices
+    noise = None if rate is None else jax.random.uniform(jax.random.key(10), (2, rows, width))
+    rates = jnp.asarray([0.0, 0.0]) if rate is None else jnp.asarray([rate, rate / 2])
+    target = jax.random.normal(jax.random.key(11), (rows, p))
 
-    def ours(params):
+    def ours(params, m, n, noise, r):
         h = features(params, m, n, activation, r, noise)
-        return jnp.sum(jnp.sin(readout(params, h, columns=columns)) * target)
+        return jnp.sum(jnp.sin(readout(params, h, columns=columns)) * target.reshape(*m.shape, p))
 
-    def plain(params):
+    def plain(params, m, n, noise, r):
         pre = params["U"][m] + params["V"][n]
         if noise is not None:
             pre = jnp.where(noise >= r, pre / (1 - r), 0.0)
         h = jnp.square(pre) if activation == "quad" else jax.nn.relu(pre)
-        return jnp.sum(jnp.sin(h @ params["W"]) * target)
+        return jnp.sum(jnp.sin(h @ params["W"]) * target.reshape(*m.shape, p))
 
-    np.testing.assert_allclose(ours(params), plain(params), rtol=1e-6)
-    expected = jax.grad(plain)(params)
-    for batched in (False, True):  # as in a sweep: under vmap over lanes
-        got = jax.vmap(jax.grad(ours))(jax.tree.map(lambda x: x[None], params)) if batched else jax.grad(ours)(params)
+    lanes = jax.jit(jax.vmap(jax.value_and_grad(ours)))(params, m, n, noise, rates)
+    expected = jax.vmap(jax.value_and_grad(plain))(params, m, n, noise, rates)
+    # one lane's rows as 4 blocks of 9 (the indices and noise with a leading block axis)
+    blocks = lambda x: None if x is None else x[0].reshape(4, 9, *x.shape[2:])  # noqa: E731
+    lane0 = jax.tree.map(lambda x: x[0], params)
+    blocked = jax.value_and_grad(ours)(lane0, blocks(m), blocks(n), blocks(noise), rates[0])
+    for got, want in ((lanes, expected), (blocked, jax.tree.map(lambda x: x[0], expected))):
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
         for k in "UVW":
-            np.testing.assert_allclose(jnp.squeeze(got[k], 0) if batched else got[k], expected[k],
-                                       rtol=1e-5, atol=1e-7, err_msg=k)
+            np.testing.assert_allclose(got[1][k], want[1][k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_readout_needs_at_least_p_columns():
+    params = init_params(jax.random.key(12), 11, 8)
+    with pytest.raises(ValueError, match="columns=10"):
+        readout(params, jnp.ones((3, 8)), columns=10)
