@@ -349,7 +349,8 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     per_device = len(lanes.seed) // mesh.size
     layout = chunk_layout(static, n_max, len(lanes.seed), mesh)
     reports = progress_reports(static, n_max, per_device, _matmul_rate_once()) if progress else 0
-    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), *layout, reports)
+    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), layout.row_blocks,
+                     layout.columns, reports)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
