@@ -70,13 +70,19 @@ def chunk_programs(c, lanes_per_device: int | None = None) -> tuple[Callable, li
     return program, chunks
 
 
+def run_seconds(program: Callable, chunks: list) -> float:
+    """Wall seconds of one compiled chunk program run over ``chunks``."""
+    start = time.perf_counter()
+    jax.block_until_ready([program(chunk) for chunk in chunks])
+    return time.perf_counter() - start
+
+
 def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_device: int | None = None,
                    rounds: int = 5, between: Callable[[], None] | None = None) -> np.ndarray:
     """Seconds per run-step of ``lanes`` seeds, one estimate per round: the compiled
     chunk programs of the sweep timed for two run lengths in each round; the
     difference per extra step. ``between`` runs before each round's timings (for a
     reference measurement taken at the same moment)."""
-    devices = jax.devices()
     n_train, _ = split_sizes(alpha, 0.0, "add", p)
     # ~2 s of work, at least 60 steps (paper scale: ~10 s per round, so the noise of this
     # VM averages out over the difference of two runs)
@@ -88,9 +94,7 @@ def grok_step_time(p: int, width: int, alpha: float, lanes: int, lanes_per_devic
         if between is not None:
             between()
         for i, (program, chunks) in enumerate(runs):
-            start = time.perf_counter()
-            jax.block_until_ready([program(chunk) for chunk in chunks])
-            times[r, i] = time.perf_counter() - start
+            times[r, i] = run_seconds(program, chunks)
     return (times[:, 1] - times[:, 0]) / extra / lanes
 
 
@@ -172,9 +176,7 @@ def paired_logging_cost(end_only, every_10, rounds: int, chunks: int = 4) -> np.
     for r in range(rounds):
         for i in (0, 1) if r % 2 else (1, 0):
             program, lanes = runs[i]
-            start = time.perf_counter()
-            jax.block_until_ready([program(chunk) for chunk in lanes[:chunks]])
-            times[r, i] = time.perf_counter() - start
+            times[r, i] = run_seconds(program, lanes[:chunks])
     return times[:, 1] / times[:, 0] - 1
 
 
