@@ -322,6 +322,24 @@ def test_second_sweep_with_other_values_does_not_recompile(tiny):
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+def test_cpu_programs_sum_in_one_loop(tiny, monkeypatch):
+    # A chunk program on a CPU is compiled without XLA's split of long sums into a
+    # reduce-window and a reduce (sweep.COMPILER_OPTIONS); with XLA's defaults the
+    # same program has it.
+    devices = jax.devices()
+    plan = make_plan(tiny, 4.0, len(devices), None, devices[0].platform)
+    mesh = sweep.make_mesh(plan, devices)
+    lanes = sweep.chunk_lanes(plan, plan.chunks[0], mesh)
+
+    def hlo() -> str:
+        return sweep.compiled_train(tiny, plan.chunks[0].n_max, lanes, mesh)[0].as_text()
+
+    assert "reduce-window" not in hlo()
+    monkeypatch.setattr(sweep, "COMPILER_OPTIONS", {})
+    monkeypatch.setattr(sweep, "_PROGRAMS", {})
+    assert "reduce-window" in hlo()
+
+
 def _layout(plan) -> tuple[int, int]:
     """(lanes per chunk, number of chunks) of a one-group plan."""
     assert len(plan.group_sizes) == 1
