@@ -63,7 +63,7 @@ def neuron_ipr(params: Params) -> jax.Array:
     """
     width = params["W"].shape[0]
     # One product for all three, with the neurons along the minor axis: the sums over
-    # frequencies then run across vectors (an evaluation at p 31 ~8 µs faster than
+    # frequencies then run across vectors (the IPR alone ~8 µs faster at p 31 than
     # with the neurons as rows).
     columns = jnp.concatenate([params["U"], params["V"], params["W"].T], axis=1)
     return jnp.mean(ipr(columns, axis=0).reshape(3, width), axis=0)

@@ -53,7 +53,7 @@ REPORT_SECONDS = 1.0
 # this much faster (near-ties keep the plain product, so the choice is stable).
 COLUMNS_MARGIN = 0.15
 # XLA options of a chunk program per platform. XLA CPU splits every reduction longer
-# than 32 into a reduce-window and a reduce (for a pairwise order of the additions);
+# than 32 into a reduce-window and a reduce (partial sums of 32, then their sum);
 # the masked sums of an evaluation then take two or three kernels each instead of one
 # fused loop, about a third of a logged block's operations at p 31. Without the split
 # (sums then accumulate in vector lanes, differing from it by rounding) logging every

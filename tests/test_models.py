@@ -40,6 +40,7 @@ def test_ipr_matches_numpy_and_gaussian_floor():
     p = 97
     x = jax.random.normal(jax.random.key(2), (400, p))
     np.testing.assert_allclose(metrics.ipr(x), ref.ipr(np.asarray(x)), rtol=1e-5)
+    np.testing.assert_allclose(metrics.ipr(x.T, axis=0), ref.ipr(np.asarray(x)), rtol=1e-5)
     # Gaussian rows: |rfft|² is roughly exponential, so IPR ≈ 2/(⌊p/2⌋ + 1) ≈ 0.04.
     assert abs(float(jnp.mean(metrics.ipr(x))) - 2 / (p // 2 + 1)) < 0.01
     params = init_params(jax.random.key(3), p, 64)

@@ -326,8 +326,8 @@ def test_cpu_programs_sum_in_one_loop(tiny, monkeypatch):
     # A chunk program on a CPU is compiled without XLA's split of long sums into a
     # reduce-window and a reduce (sweep.COMPILER_OPTIONS); with XLA's defaults the
     # same program has it.
-    devices = jax.devices()
-    plan = make_plan(tiny, 4.0, len(devices), None, devices[0].platform)
+    devices = jax.devices("cpu")
+    plan = make_plan(tiny, 4.0, len(devices), None, "cpu")
     mesh = sweep.make_mesh(plan, devices)
     lanes = sweep.chunk_lanes(plan, plan.chunks[0], mesh)
 
