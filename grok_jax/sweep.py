@@ -19,6 +19,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -371,9 +372,24 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     sharded = jax.shard_map(_per_device(train, per_device), mesh=mesh, in_specs=(spec,), out_specs=spec,
                             check_vma=False)
     fn = jax.jit(sharded, in_shardings=(sharding,))
-    options = COMPILER_OPTIONS.get(mesh.devices.flat[0].platform)
+    options = compiler_options(mesh.devices.flat[0].platform)
     _PROGRAMS[key] = fn.lower(lanes).compile(compiler_options=options)
     return _PROGRAMS[key], time.perf_counter() - start
+
+
+def compiler_options(platform: str) -> dict[str, str] | None:
+    """:data:`COMPILER_OPTIONS` for ``platform``. Passes the user disabled in
+    ``XLA_FLAGS`` stay disabled: a compile option replaces that list.
+
+    Example:
+      >>> compiler_options("cpu")   # with XLA_FLAGS=--xla_disable_hlo_passes=foo
+      {'xla_disable_hlo_passes': 'foo,tree_reduction_rewriter'}
+    """
+    options = COMPILER_OPTIONS.get(platform)
+    user = re.search(r"--xla_disable_hlo_passes=(\S+)", os.environ.get("XLA_FLAGS", ""))
+    if options and user and "xla_disable_hlo_passes" in options:
+        options = {**options, "xla_disable_hlo_passes": f"{user[1]},{options['xla_disable_hlo_passes']}"}
+    return options
 
 
 def _per_device(train: Callable, lanes: int) -> Callable:

@@ -340,6 +340,14 @@ def test_cpu_programs_sum_in_one_loop(tiny, monkeypatch):
     assert "reduce-window" in hlo()
 
 
+def test_compiler_options_keep_the_passes_the_user_disabled(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert sweep.compiler_options("cpu") == {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
+    monkeypatch.setenv("XLA_FLAGS", "--xla_disable_hlo_passes=foo,bar --xla_force_host_platform_device_count=2")
+    assert sweep.compiler_options("cpu") == {"xla_disable_hlo_passes": "foo,bar,tree_reduction_rewriter"}
+    assert sweep.compiler_options("gpu") is None and sweep.compiler_options("tpu") is None
+
+
 def _layout(plan) -> tuple[int, int]:
     """(lanes per chunk, number of chunks) of a one-group plan."""
     assert len(plan.group_sizes) == 1
