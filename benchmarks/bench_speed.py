@@ -191,11 +191,11 @@ def bench_logging(steps: int) -> None:
         # Interleaved and best of 5: the VM's speed drifts more than the effect measured.
         t = np.min([[timed(c) for c in (end_only, every_10)] for _ in range(5)], axis=0)
         rows.append((f"p {p}, N {width}, {lanes} lanes, {n} steps",
-                     f"end only {t[0]:.2f} s, every 10 steps {t[1]:.2f} s: +{t[1] / t[0] - 1:.1%} (target <= 10%)"))
+                     f"end only {t[0]:.2f} s, every 10 steps {t[1]:.2f} s: {t[1] / t[0] - 1:+.1%} (target <= 10%)"))
         cost = paired_logging_cost(end_only, every_10, rounds=40 if p == 31 else 10)
         rows.append(("  same, compiled chunk programs in pairs",
-                     f"median +{np.median(cost):.1%}, quartiles +{np.percentile(cost, 25):.1%} to "
-                     f"+{np.percentile(cost, 75):.1%} over {len(cost)} pairs"))
+                     f"median {np.median(cost):+.1%}, quartiles {np.percentile(cost, 25):+.1%} to "
+                     f"{np.percentile(cost, 75):+.1%} over {len(cost)} pairs"))
     table("logging cost", rows)
 
 
