@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 import os
@@ -50,47 +51,117 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     return c
 
 
+# Python types of the fields (a float field takes an int too; bool is no number).
+FIELD_TYPES = {
+    "scale": str, "task": str, "p": int, "width": int, "activation": str, "batchnorm": bool, "loss": str,
+    "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
+    "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int,
+}
+CHOICES = {"scale": SCALES, "activation": ("quad", "relu"), "loss": ("mse", "ce")}
+INT32_MAX = 2**31 - 1
+MAX_P = 46340  # pair indices m·p + n are int32: p² < 2³¹
+PLOT_FIELDS = ("x", "y")
+PLOT_AXES = tuple(a for a in TRACED_AXES if a != "seed")
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ``ConfigError`` with a one-line message naming the first bad value."""
-    known = set(base_config())
+    """Raises ``ConfigError`` with a one-line message naming the first bad value.
+
+    Every field is checked, fixed and swept values alike, before anything runs.
+
+    Example:
+      >>> config = load_config("tiny"); config.b2 = 1.0
+      >>> check_config(config)
+      Traceback (most recent call last):
+      ConfigError: b2=1.0 is outside [0, 1)
+    """
+    known = tuple(base_config())
     for name in config:
         if name not in known:
-            raise ConfigError(f"unknown config field {name!r}; valid fields: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown config field {name!r}{_did_you_mean(name, known)}; "
+                              f"valid fields: {', '.join(sorted(known))}")
+    for name in known:
+        if name not in config:
+            raise ConfigError(f"config has no field {name!r}; start from grok_jax.config.base_config()")
+    for name in FIELD_TYPES:
+        _check_value(name, config[name])
+    _check_sweep(config)
+    _check_plot(config.plot)
     check_task(config.task, config.p)
-    for name in config.sweep:
-        if name not in TRACED_AXES:
-            raise ConfigError(f"cannot sweep {name!r}; sweepable axes: {', '.join(TRACED_AXES)}")
-        if not isinstance(config.sweep[name], (tuple, list)):
-            raise ConfigError(f"sweep axis {name!r} must be a tuple of values, e.g. (0, 1), "
-                              f"not {config.sweep[name]!r}")
-        values = tuple(config.sweep[name])
-        for value in values:
-            integral = isinstance(value, int) and not isinstance(value, bool)
-            if not (integral if name == "seed" else integral or isinstance(value, float)):
-                kind = "integers" if name == "seed" else "numbers"
-                raise ConfigError(f"sweep axis {name!r} has {value!r}; its values must be {kind}")
-        if not values:
-            raise ConfigError(f"sweep axis {name!r} has no values")
-        if len(set(values)) != len(values):
-            raise ConfigError(f"sweep axis {name!r} repeats a value: {values}")
+    if config.steps % config.log_every:
+        raise ConfigError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
     for alpha in axis_values(config, "alpha"):
         for xi in axis_values(config, "xi"):
             split_sizes(alpha, xi, config.task, config.p)
-    for rate in axis_values(config, "dropout"):
-        if not 0.0 <= rate < 1.0:
-            raise ConfigError(f"dropout={rate} is outside [0, 1)")
-    for name in ("wd", "lr"):
-        for value in axis_values(config, name):
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name}={value} must be a finite number >= 0")
-    for name in ("steps", "log_every", "width", "compile_groups"):
-        if config[name] < 1:
-            raise ConfigError(f"{name}={config[name]} must be >= 1")
-    if config.steps % config.log_every:
-        raise ConfigError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
-    for name, valid in (("activation", ("quad", "relu")), ("loss", ("mse", "ce"))):
-        if config[name] not in valid:
-            raise ConfigError(f"unknown {name} {config[name]!r}; valid: {', '.join(valid)}")
+
+
+def _check_sweep(config: ml_collections.ConfigDict) -> None:
+    if not isinstance(config.sweep, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"sweep must map axis names to tuples of values, not {config.sweep!r}")
+    for name in config.sweep:
+        if name not in TRACED_AXES:
+            raise ConfigError(f"cannot sweep {name!r}{_did_you_mean(name, TRACED_AXES)}; "
+                              f"sweepable axes: {', '.join(TRACED_AXES)}")
+        values = config.sweep[name]
+        if not isinstance(values, (tuple, list)):
+            raise ConfigError(f"sweep axis {name!r} must be a tuple of values, e.g. (0, 1), not {values!r}")
+        if not values:
+            raise ConfigError(f"sweep axis {name!r} has no values")
+        for value in values:
+            _check_value(name, value, swept=True)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"sweep axis {name!r} repeats a value: {tuple(values)}")
+
+
+def _check_plot(plot: ml_collections.ConfigDict) -> None:
+    for name in plot:
+        if name not in PLOT_FIELDS:
+            raise ConfigError(f"unknown config field 'plot.{name}'{_did_you_mean(name, PLOT_FIELDS)}; "
+                              f"valid: plot.x, plot.y")
+        if plot[name] is not None and plot[name] not in PLOT_AXES:
+            raise ConfigError(f"plot.{name}={plot[name]!r} is not a heatmap axis; valid: {', '.join(PLOT_AXES)} "
+                              "(seeds are aggregated)")
+
+
+def _check_value(name: str, value: object, swept: bool = False) -> None:
+    """One value of field ``name`` (fixed, or one of a sweep axis'): type, then range."""
+    kind = FIELD_TYPES[name]
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = {int: is_int, float: is_int or isinstance(value, float), bool: isinstance(value, bool),
+          str: isinstance(value, str)}[kind]
+    if not ok:
+        what = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}[kind]
+        where = f"sweep axis {name!r} has {value!r}; each value" if swept else f"{name}={value!r}"
+        raise ConfigError(f"{where} must be {what}")
+    bad = _range_error(name, value)
+    if bad:
+        raise ConfigError(f"{name}={value!r} {bad}")
+
+
+def _range_error(name: str, value) -> str | None:
+    """Why ``value`` is out of range for ``name``, or ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if name in CHOICES and value not in CHOICES[name]:
+        return f"is not valid; valid: {', '.join(CHOICES[name])}"
+    if name == "seed" and not -2**31 <= value <= INT32_MAX:
+        return f"is outside int32 [{-2**31}, {INT32_MAX}]"
+    if name == "p" and value > MAX_P:
+        return f"is too large: pair indices are int32, p <= {MAX_P}"
+    if name in ("steps", "log_every", "width", "compile_groups") and not 1 <= value <= INT32_MAX:
+        return f"must be >= 1 (and at most {INT32_MAX})"
+    if name in ("b1", "b2", "dropout") and not 0.0 <= value < 1.0:
+        return "is outside [0, 1)"
+    if name == "eps" and not value > 0:
+        return "must be > 0"
+    if name in ("wd", "lr") and not value >= 0:
+        return "must be a finite number >= 0"
+    return None
+
+
+def _did_you_mean(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 STATIC_FIELDS = ("task", "p", "width", "activation", "batchnorm", "loss", "steps", "log_every", "b1", "b2", "eps")
@@ -133,7 +204,9 @@ def grid_path(grid: str) -> str:
 
 
 def load_config(grid: str, scale: str = "small") -> ml_collections.ConfigDict:
-    """``get_config(scale)`` of a grid, as the command line loads it.
+    """``get_config(scale)`` of a grid, as the command line loads it. A file that
+    fails to import, lacks ``get_config`` or returns no ConfigDict is a ``ConfigError``
+    naming the file and the error's last line.
 
     Example:
       >>> config = load_config("wd_xi")
@@ -141,7 +214,25 @@ def load_config(grid: str, scale: str = "small") -> ml_collections.ConfigDict:
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    spec = importlib.util.spec_from_file_location(f"grok_jax_grid_{grid}", grid_path(grid))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(scale)
+    path = grid_path(grid)
+    try:
+        spec = importlib.util.spec_from_file_location(f"grok_jax_grid_{os.path.basename(path)[:-3]}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - whatever a user's file raises, say where
+        raise ConfigError(f"grid file {path} failed to import: {_last_line(e)}") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise ConfigError(f"grid file {path} defines no get_config(scale)")
+    try:
+        config = module.get_config(scale)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"get_config({scale!r}) of {path} failed: {_last_line(e)}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config({scale!r}) of {path} returned {type(config).__name__}, not an "
+                          "ml_collections.ConfigDict (start from grok_jax.config.base_config(scale))")
+    return config
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[-1].strip() if lines else ''}".rstrip(": ")

@@ -1,8 +1,18 @@
-"""The one exception type for bad user input (a config, a path, a grid name)."""
+"""Errors the command line reports in one line: bad input (status 2), a store it
+could not write (status 1)."""
 
 
 class ConfigError(ValueError):
     """Bad input; its message is one line naming the bad value and the valid ones.
 
     The command line prints it without a traceback and exits with status 2.
+    """
+
+
+class StoreWriteError(RuntimeError):
+    """The results store could not be written (no space left, permission lost, an
+    I/O error); its message is one line naming the path and the cause.
+
+    The input was fine: the command line prints it without a traceback and exits
+    with status 1. What was committed before stays in the store, resumable.
     """

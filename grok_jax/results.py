@@ -1,29 +1,39 @@
 """The results store: a zarr directory written chunk by chunk, read back as N-D.
 
 On disk every per-run variable has a flat ``lane`` dimension (lanes in C order of
-the grid), so a finished chunk of lanes is a few contiguous region writes (one
-when α is not swept) and a crash loses at most the two chunks in flight (one
-training, one being written); ``done`` marks the lanes written. The whole config
-(JSON), the swept axes and their values are in the attributes.
-:func:`load_results` reshapes ``lane`` into the swept axes:
+the grid); the whole config (JSON), the swept axes and their values are in the
+attributes. :func:`load_results` reshapes ``lane`` into the swept axes:
 
     >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, neuron
     >>> ds.test_acc.isel(step=-1).to_pandas()
+
+Crash safety. A store appears whole or not at all: it is built under a temporary
+name beside its final one and renamed into place (:func:`create`). A finished chunk
+of lanes is committed by :func:`write`: every variable first, flushed to disk, then
+``done`` for its lanes in one write of its own. ``done`` is a single zarr chunk and
+zarr replaces each chunk file atomically (it writes a temporary file and renames it
+over the old one), so at any instant the lanes marked done are exactly the
+committed ones. Write errors raise :class:`~grok_jax.errors.StoreWriteError`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
+import socket
+from typing import Any, Callable
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from grok_jax import metrics, phases
+from grok_jax.errors import ConfigError, StoreWriteError
 
 STORE = "results.zarr"  # name of the store inside an output directory
 FORMAT = 2  # bumped when the layout changes (2: per-layer weight norms)
+PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
 
 
 def store_path(out: str | os.PathLike) -> str:
@@ -57,36 +67,154 @@ def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, width: in
     return ds
 
 
-def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
-    """Writes ``flat`` (see :func:`empty`) as a new store, chunked along ``lane``."""
-    encoding = {name: {"chunks": (lanes_per_chunk,) + var.shape[1:]} for name, var in flat.data_vars.items()}
-    flat.to_zarr(path, mode="w-", encoding=encoding, consolidated=False)
+def create(path: str, flat: xr.Dataset, lanes_per_chunk: int, log: Callable[[str], None] = print) -> None:
+    """Writes ``flat`` (see :func:`empty`) as a new store, chunked along ``lane``;
+    ``done`` is one chunk, so that marking lanes done is one atomic file write.
+
+    The store is built as ``.<name>.partial-<host>-<pid>`` beside ``path`` and renamed
+    to ``path`` once whole; leftovers of killed runs on this host are removed first."""
+    parent, name = os.path.split(os.path.abspath(path))
+    _remove_leftovers(parent, name, log)
+    partial = os.path.join(parent, f"{PARTIAL.format(name=name)}{socket.gethostname()}-{os.getpid()}")
+    encoding = {k: {"chunks": (lanes_per_chunk,) + v.shape[1:]} for k, v in flat.data_vars.items()}
+    encoding["done"] = {"chunks": flat["done"].shape}
+    try:
+        flat.to_zarr(partial, mode="w-", encoding=encoding, consolidated=False)
+        _publish(partial, path)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise StoreWriteError(f"cannot create {path}: {_reason(e)}") from e
 
 
-def stored_config(path: str) -> dict[str, Any]:
-    """The config a store was created with."""
-    return json.loads(_open(path).attrs["config"])
+def _publish(partial: str, path: str) -> None:
+    os.rename(partial, path)  # atomic; fails if another run created a store there meanwhile
 
 
-def stored_format(path: str) -> int:
-    """The layout version a store was written with."""
-    return int(_open(path).attrs.get("format", 0))
+def _remove_leftovers(parent: str, name: str, log: Callable[[str], None]) -> None:
+    """Removes the partial stores of this host's runs that no longer exist (another
+    host's, or a live run's, are left alone)."""
+    prefix = f"{PARTIAL.format(name=name)}{socket.gethostname()}-"
+    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        pid = entry[len(prefix):]
+        if entry.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+            log(f"removing {os.path.join(parent, entry)}: the unfinished store of a killed run")
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def done_lanes(path: str) -> np.ndarray:
-    """Boolean mask of the lanes already written."""
-    return _open(path)["done"].values
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], lanes_per_chunk: int,
+            resumable: tuple[str, ...] = (), log: Callable[[str], None] = print) -> np.ndarray:
+    """Creates the store at ``path``, or opens it to resume; returns the mask of the
+    lanes already committed.
+
+    An existing store must hold results of the same config up to the ``resumable``
+    fields, whose new values are then recorded in its attributes; otherwise a
+    ``ConfigError`` names the first differing field and the store is left untouched.
+    Lanes marked done without results (a crash while an earlier version, whose
+    ``done`` was no commit mark, wrote them) are reported and count as not done.
+    """
+    if not os.path.exists(path):
+        _check_writable(os.path.dirname(os.path.abspath(path)))
+        flat = make_empty()
+        create(path, flat, lanes_per_chunk, log)
+        return flat["done"].values
+    try:
+        ds = _open(path)
+        old, fmt, done = json.loads(ds.attrs["config"]), int(ds.attrs.get("format", 0)), ds["done"].values
+    except Exception as e:  # noqa: BLE001 - any unreadable store is refused
+        raise ConfigError(f"{path} exists but is not a complete grok_jax results store "
+                          f"({type(e).__name__}: {e}); choose another --out") from e
+    if fmt != FORMAT:
+        raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
+                          "choose another --out")
+    new = json.loads(config_json)
+    same = lambda k: json.dumps(old.get(k), sort_keys=True) == json.dumps(new.get(k), sort_keys=True)  # noqa: E731
+    diff = sorted(k for k in set(old) | set(new) if not same(k) and k not in resumable)
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
+                          "use another --out or the same config to resume")
+    _check_writable(path)
+    if not all(same(k) for k in resumable):
+        _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in resumable}}, sort_keys=True))
+    empty_done = done & ~_has_results(ds)
+    if empty_done.any():
+        log(f"warning: {int(empty_done.sum())} lane(s) of {path} were marked done without results "
+            "(an earlier version crashed while writing them); running them again")
+    return done & ~empty_done
+
+
+def _has_results(ds: xr.Dataset) -> np.ndarray:
+    """Lanes holding what every finished lane has: a phase, a train accuracy at every
+    logged step (a count: finite even when the loss diverged) and finite weights at
+    step 0."""
+    return ((ds["phase"].values >= 0) & np.isfinite(ds["train_acc"].values).all(axis=1)
+            & np.isfinite(ds["weight_norm"].values[:, 0]))
+
+
+def _check_writable(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("x")  # the only sure test of writability
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"output directory {directory} is not writable ({_reason(e)}); "
+                          "choose another --out") from e
+
+
+def _set_attr(path: str, name: str, value: Any) -> None:
+    try:
+        zarr.open_group(path, mode="r+").attrs[name] = value
+    except OSError as e:
+        raise StoreWriteError(f"cannot write {path}: {_reason(e)}") from e
 
 
 def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
           phase: np.ndarray) -> None:
-    """Writes the results of ``lanes`` (increasing grid indices) and marks them done:
-    one region write per run of consecutive lanes."""
-    ds = _lanes(log, final, phase)
-    breaks = np.flatnonzero(np.diff(lanes) != 1) + 1
-    for first, last in zip([0, *breaks], [*breaks, len(lanes)]):
-        region = {"lane": slice(int(lanes[first]), int(lanes[last - 1]) + 1)}
-        ds.isel(lane=slice(first, last)).to_zarr(path, region=region, consolidated=False)
+    """Commits the results of ``lanes`` (increasing grid indices): every variable,
+    a flush to disk, then their ``done`` mark in a write of its own."""
+    try:
+        group = zarr.open_group(path, mode="r+")
+        for name, values in {**log, **final, "phase": phase.astype(np.int8)}.items():
+            group[name].oindex[_selection(lanes)] = values
+        _flush()
+        _mark_done(group, lanes)
+    except OSError as e:
+        raise StoreWriteError(f"cannot write results to {path}: {_reason(e)}; the lanes committed before "
+                              "are kept: run the same command again to resume") from e
+
+
+def _selection(lanes: np.ndarray) -> slice | np.ndarray:
+    """A slice for consecutive lanes (a plain region write), else the indices."""
+    if len(lanes) and lanes[-1] - lanes[0] == len(lanes) - 1:
+        return slice(int(lanes[0]), int(lanes[-1]) + 1)
+    return lanes
+
+
+def _flush() -> None:
+    """Puts the data on disk before the mark that says it is there (so that even a
+    power loss cannot leave done lanes without results)."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def _mark_done(group: zarr.Group, lanes: np.ndarray) -> None:
+    group["done"].oindex[_selection(lanes)] = True
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error) or type(error).__name__
 
 
 def fill(flat: xr.Dataset, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
+import logging as std_logging
+import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable, NamedTuple
@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grok_jax import config as cfg
 from grok_jax import phases, plotting, results
 from grok_jax.data import num_pairs, split_sizes
-from grok_jax.errors import ConfigError
+from grok_jax.errors import ConfigError, StoreWriteError
 from grok_jax.models import readout
 from grok_jax.train import Lane, make_train
 
@@ -102,6 +102,7 @@ def make_plan(
     (default: that of :func:`default_lanes_per_device` when ``platform`` is given);
     chunks are a multiple of the device count and as equal as possible."""
     cfg.check_config(config)
+    check_resources(memory_gb, per_device)
     axes = {name: tuple(config.sweep[name]) for name in config.sweep}
     names = cfg.TRACED_AXES
     rows = []
@@ -113,6 +114,10 @@ def make_plan(
     cols = list(zip(*rows))
     lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
     n_devices = min(n_devices, len(rows))
+    budget, largest = memory_gb * 2**30, lane_bytes(config, int(lanes.n_train.max()))
+    if largest > budget:
+        raise ConfigError(f"one lane at p={config.p}, width={config.width} needs about {largest / 2**30:.3g} GiB, "
+                          f"more than --memory_gb={memory_gb:g} per device; lower p or width, or raise --memory_gb")
     chunks = []
     for group in compile_groups(lanes.n_train, config.compile_groups, n_devices):
         n_max = int(lanes.n_train[group].max())
@@ -120,8 +125,17 @@ def make_plan(
         if limit is None and platform is not None:
             limit = default_lanes_per_device(platform, n_max, config.width)
         chunks += _split(group, n_max, n_devices, min(limit or len(group),
-                                                     max(1, int(memory_gb * 2**30 // lane_bytes(config, n_max)))))
+                                                     int(budget // lane_bytes(config, n_max))))
     return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices)
+
+
+def check_resources(memory_gb: float, lanes_per_device: int | None) -> None:
+    """Raises ``ConfigError`` for a memory budget or lane count no chunk can have."""
+    if not (isinstance(memory_gb, (int, float)) and math.isfinite(memory_gb) and memory_gb > 0):
+        raise ConfigError(f"--memory_gb={memory_gb} must be a finite number of GiB > 0")
+    if lanes_per_device is not None and not (isinstance(lanes_per_device, int) and lanes_per_device >= 1):
+        raise ConfigError(f"--lanes_per_device={lanes_per_device} must be an integer >= 1 (0 on the command "
+                          "line: the platform's default)")
 
 
 def _split(group: np.ndarray, n_max: int, n_devices: int, per_device: int) -> list[Chunk]:
@@ -441,21 +455,28 @@ def run_sweep(
       >>> ds.phase.to_pandas()                   # wd × xi table of phase codes
     """
     cfg.check_config(config)  # before touching devices: bad input fails fast
+    check_resources(memory_gb, lanes_per_device)
     devices = jax.devices()
     plan = make_plan(config, memory_gb, len(devices), lanes_per_device, devices[0].platform)
     mesh = make_mesh(plan, devices)
     config_json = config.to_json(sort_keys=True)
     path = results.store_path(out) if out else None
-    done = _prepare_store(path, config, config_json, plan) if path else np.zeros(plan.n_lanes, bool)
+    done = np.zeros(plan.n_lanes, bool)
+    if path:
+        done = results.prepare(path, config_json, lambda: _empty_results(config, config_json, plan),
+                               len(plan.chunks[0].lanes), RESUMABLE, log)
     _print_plan(config, plan, list(mesh.devices.flat), done, log)
 
     pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
     collected: list[tuple] = []
 
     def finish(chunk: Chunk, outputs: tuple) -> None:
-        """Host side of a finished chunk: drop the padding, classify, store."""
-        lanes = chunk.lanes[:chunk.count]
-        out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[:chunk.count], outputs)
+        """Host side of a finished chunk: drop the padding and the lanes committed
+        before (a chunk of another layout may hold some: they are not rewritten),
+        classify, store."""
+        new = np.flatnonzero(~done[chunk.lanes[:chunk.count]])
+        lanes = chunk.lanes[new]
+        out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[new], outputs)
         phase = phases.classify_log(out_log, plan.xi[lanes])
         if path:
             results.write(path, lanes, out_log, out_final, phase)
@@ -504,43 +525,9 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
 
 
 # Fields that change a lane's results at most by rounding (compile groups change only
-# the padding and hence the row blocks, as chunk sizes do): a store may be resumed or
-# re-plotted with other values.
-_RESUMABLE = ("plot", "compile_groups")
-
-
-def _prepare_store(path: str, config: Any, config_json: str, plan: Plan) -> np.ndarray:
-    """Creates the store, or checks an existing one against ``config``; returns
-    the mask of lanes already done."""
-    if os.path.exists(path):
-        try:
-            old = results.stored_config(path)
-        except Exception as e:  # noqa: BLE001 - any unreadable store is refused
-            raise ConfigError(f"{path} exists but is not a grok_jax results store ({e}); choose another --out") from e
-        new = json.loads(config_json)
-        if results.stored_format(path) != results.FORMAT:
-            raise ConfigError(f"{path} was written in store format {results.stored_format(path)}, this version "
-                              f"reads format {results.FORMAT}; choose another --out")
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUMABLE)
-        if diff:
-            k = diff[0]
-            raise ConfigError(
-                f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
-                "use another --out or the same config to resume"
-            )
-        _check_writable(path)
-        return results.done_lanes(path)
-    _check_writable(os.path.dirname(os.path.abspath(path)))
-    results.create(path, _empty_results(config, config_json, plan), len(plan.chunks[0].lanes))
-    return np.zeros(plan.n_lanes, bool)
-
-
-def _check_writable(directory: str) -> None:
-    try:
-        os.makedirs(directory, exist_ok=True)
-        tempfile.TemporaryFile(dir=directory).close()  # the only sure test of writability
-    except OSError as e:
-        raise ConfigError(f"output directory {directory} is not writable ({e.strerror}); choose another --out") from e
+# the padding and hence the row blocks, as chunk sizes do) or not at all (plot): a
+# store may be resumed with other values.
+RESUMABLE = ("plot", "compile_groups")
 
 
 def _empty_results(config: Any, config_json: str, plan: Plan):
@@ -597,58 +584,86 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="step", disable=not enabled, file=sys.stderr, mininterval=1.0)
 
 
-def _fail(error: Exception) -> None:
-    """Bad input: one line on stderr, exit status 2, no traceback."""
+def _fail(error: Exception | str, status: int = 2) -> None:
+    """One line on stderr, no traceback: bad input exits with status 2, a store or
+    figure that could not be written with 1."""
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
 
 
-def _cli() -> None:
-    """``python -m grok_jax.sweep``: flags are defined here, not at import time."""
-    import logging as std_logging
-
-    from absl import app, flags
+def main(argv: list[str] | None = None) -> None:
+    """``python -m grok_jax.sweep [flags]`` (``argv`` without the program name;
+    default ``sys.argv[1:]``). Exits with status 2 on bad input, 1 when the store
+    or the figures cannot be written, 130 on Ctrl-C. Flags live in a ``FlagValues``
+    of their own, so that ``main`` can be called more than once in a process."""
+    from absl import flags
     from ml_collections import config_flags
 
+    argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    fv = flags.FlagValues()
     grid = flags.DEFINE_string("grid", "wd_xi", f"grid: a name in sweeps/ ({', '.join(cfg.available_grids())}) "
-                               "or a path to a config file with get_config(scale)")
-    scale = flags.DEFINE_enum("scale", "small", cfg.SCALES, "small: minutes on a laptop CPU; paper: the paper's p, N, steps")
-    out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])")
-    memory = flags.DEFINE_float("memory_gb", 4.0, "memory budget per device for a chunk of lanes, GiB")
+                               "or a path to a config file with get_config(scale)", flag_values=fv)
+    scale = flags.DEFINE_enum("scale", "small", cfg.SCALES, "small: minutes on a laptop CPU; paper: the "
+                              "paper's p, N, steps", flag_values=fv)
+    out = flags.DEFINE_string("out", None, "output directory (default: results/<grid>[_paper])", flag_values=fv)
+    memory = flags.DEFINE_float("memory_gb", 4.0, "memory budget per device for a chunk of lanes, GiB",
+                                flag_values=fv)
     per_device = flags.DEFINE_integer("lanes_per_device", 0, "most lanes per device in a chunk (0: the "
-                                      "platform's default, 1 on CPU (4 for tiny problems), else as many as fit in memory)")
-
-    def parse(argv: list[str]) -> list[str]:
-        try:
-            flags.FLAGS(argv, known_only=True)  # --grid and --scale pick the config file
-            path = cfg.grid_path(grid.value)
-            # New attributes allowed so that an axis can be added from the command line
-            # (--config.sweep.seed="(0,1,2)"); check_config rejects unknown fields.
-            config_flags.DEFINE_config_file("config", f"{path}:{scale.value}", "the grid's config; "
-                                            "override fields as --config.steps=500",
-                                            lock_config=False, accept_new_attributes=True)
-            return flags.FLAGS(argv)
-        except (ConfigError, flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-            _fail(e)
-
-    def main(argv: list[str]) -> None:
-        if not flags.FLAGS["verbosity"].present:
-            std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
-        if len(argv) > 1:
-            _fail(ConfigError(f"unexpected arguments {argv[1:]}; use --flag=value"))
-        name = os.path.splitext(os.path.basename(grid.value))[0]
-        target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))
-        try:
-            ds = run_sweep(flags.FLAGS.config, target, memory.value, lanes_per_device=per_device.value or None)
-        except ConfigError as e:
-            _fail(e)
-        print(plotting.phase_table(ds))
+                                      "platform's default, 1 on CPU (4 for tiny problems), else as many as fit "
+                                      "in memory)", flag_values=fv)
+    show_help = flags.DEFINE_bool("help", False, "show this help", short_name="h", flag_values=fv)
+    try:
+        fv(argv, known_only=True)  # --grid and --scale pick the config file
+        if show_help.value:
+            print(f"python -m grok_jax.sweep [flags]\n{fv.get_help()}\n  --config.FIELD=VALUE: override a field "
+                  "of the grid's config (see grok_jax/config.py)")
+            sys.exit(0)
+        # New attributes allowed so that an axis can be added from the command line
+        # (--config.sweep.seed="(0,1,2)"); check_config rejects unknown fields.
+        config = config_flags.DEFINE_config_dict("config", cfg.load_config(grid.value, scale.value),
+                                                 "the grid's config", flag_values=fv, lock_config=False,
+                                                 accept_new_attributes=True, sys_argv=argv)
+        rest = fv(argv)[1:]
+    except (ConfigError, flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        _fail(e)
+    if rest:
+        _fail(ConfigError(f"unexpected arguments {rest}; use --flag=value"))
+    _check_overrides(argv, config.value)
+    std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
+    name = os.path.splitext(os.path.basename(grid.value))[0]
+    target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))
+    if target.rstrip("/").endswith(".zarr"):
+        _fail(ConfigError(f"--out={target} ends in .zarr: it names the output directory, which holds the "
+                          f"store {results.STORE} and the figures; e.g. --out={target.rstrip('/')[:-5]}"))
+    try:
+        ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None)
+    except ConfigError as e:
+        _fail(e)
+    except StoreWriteError as e:
+        _fail(e, status=1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; the chunks committed to {results.store_path(target)} are kept: run the same "
+              "command again to resume", status=130)
+    print(plotting.phase_table(ds))
+    try:
         for path in plotting.save_figures(ds, target):
             print(f"wrote {path}")
-        print(f"results: {results.store_path(target)}  (grok_jax.load_results({target!r}))")
+    except OSError as e:
+        _fail(f"cannot write the figures to {target}: {e.strerror or e}; the results are complete in "
+              f"{results.store_path(target)}", status=1)
+    print(f"results: {results.store_path(target)}  (grok_jax.load_results({target!r}))")
 
-    app.run(main, flags_parser=parse)
+
+def _check_overrides(argv: list[str], config: ml_collections.ConfigDict) -> None:
+    """A field set on the command line while a sweep axis gives every lane its own
+    value would be silently unused: refused."""
+    for arg in argv:
+        match = re.match(r"--config\.(\w+)(=|$)", arg)
+        if match and match[1] in config.get("sweep", {}):
+            name = match[1]
+            _fail(ConfigError(f"--config.{name} is shadowed by the sweep axis {name}={tuple(config.sweep[name])}; "
+                              f"set --config.sweep.{name}=(...) instead"))
 
 
 if __name__ == "__main__":
-    _cli()
+    main()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import grok_jax
+from grok_jax import sweep
 
 
 def _run(*args, env=None):
@@ -46,27 +47,94 @@ def test_end_to_end_and_resume(tmp_path):
     np.testing.assert_array_equal(grok_jax.load_results(out).train_loss.values, before)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--grid=nope"], "unknown grid 'nope'; valid grids: "),
-    (["--grid=tiny", "--config.sweep.xi=(0.0,1.5)"], "xi=1.5"),
-    (["--grid=tiny", "--config.alpha=0.005"], "alpha=0.005"),
-    (["--grid=tiny", "--config.task=div", "--config.p=12"], "p=12"),
-    (["--grid=tiny", "--config.sweep.width=(8,16)"], "'width'"),
-    (["--grid=tiny", "--scale=huge"], "huge"),
-    (["--grid=tiny", "--out=/proc/grok_jax_out"], "/proc"),
-    (["--grid=tiny", "--config.sweep.seed=(0.5,0.7)"], "0.5"),
-    (["--grid=tiny", "--config.sweep.xi=('a',)"], "'a'"),
-    (["--grid=tiny", "--config.stepz=3"], "stepz"),
-])
-def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+GRID_FILES = {  # user grid files that cannot give a config
+    "syntax.py": "def get_config(scale)\n    return None\n",
+    "noget.py": "from grok_jax.config import base_config\n",
+    "dict.py": "def get_config(scale):\n    return {'p': 11}\n",
+    "raises.py": "def get_config(scale):\n    raise RuntimeError('no such preset')\n",
+}
+
+BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
+    (["--grid=nope"], "unknown grid 'nope'; valid grids: ", 2),
+    (["--grid=missing.py"], "grid file 'missing.py' does not exist", 2),
+    (["--grid={tmp}/syntax.py"], "syntax.py failed to import: SyntaxError", 2),
+    (["--grid={tmp}/noget.py"], "noget.py defines no get_config", 2),
+    (["--grid={tmp}/dict.py"], "returned dict, not an ml_collections.ConfigDict", 2),
+    (["--grid={tmp}/raises.py"], "failed: RuntimeError: no such preset", 2),
+    (["--scale=huge"], "huge", 2),
+    (["--bogus_flag=1"], "Unknown command line flag 'bogus_flag'", 2),
+    (["extra"], "unexpected arguments ['extra']", 2),
+    (["--out={tmp}/run.zarr"], "ends in .zarr", 2),
+    (["--out=/proc/grok_jax_out"], "/proc", 2),
+    (["--memory_gb=nan"], "--memory_gb=nan", 2),
+    (["--memory_gb=inf"], "--memory_gb=inf", 2),
+    (["--memory_gb=0"], "--memory_gb=0", 2),
+    (["--memory_gb=-1"], "--memory_gb=-1", 2),
+    (["--lanes_per_device=-1"], "--lanes_per_device=-1", 2),
+    (["--config.stepz=3"], "unknown config field 'stepz' (did you mean steps?)", 2),
+    (["--config.plot.z=wd"], "unknown config field 'plot.z'", 2),
+    (["--config.plot.x=wdd"], "plot.x='wdd' is not a heatmap axis", 2),
+    (["--config.sweep.width=(8,16)"], "cannot sweep 'width'", 2),
+    (["--config.sweep.xi=(0.0,1.5)"], "xi=1.5", 2),
+    (["--config.sweep.xi=()"], "sweep axis 'xi' has no values", 2),
+    (["--config.sweep.xi=(0.3,0.3)"], "repeats a value", 2),
+    (["--config.sweep.xi=('a',)"], "'a'", 2),
+    (["--config.sweep.seed=(0.5,0.7)"], "0.5", 2),
+    (["--config.sweep.seed=(0,4294967296)"], "seed=4294967296 is outside int32", 2),
+    (["--config.sweep.alpha=(0.5,1.0)"], "alpha=1.0 gives 121 training pairs", 2),
+    (["--config.sweep.dropout=(0.0,1.0)"], "dropout=1.0 is outside [0, 1)", 2),
+    (["--config.sweep.lr=(0.01,1e999)"], "lr=inf must be a finite number", 2),
+    (["--config.xi=0.1"], "--config.xi is shadowed by the sweep axis xi=(0.0, 0.3)", 2),
+    (["--config.sweep.seed=(0,-2147483649)"], "seed=-2147483649 is outside int32", 2),
+    (["--config.alpha=0.005"], "alpha=0.005", 2),
+    (["--config.alpha=nan"], "alpha=nan must be a finite number", 2),
+    (["--config.lr=-0.01"], "lr=-0.01 must be a finite number >= 0", 2),
+    (["--config.b1=1.0"], "b1=1.0 is outside [0, 1)", 2),
+    (["--config.b2=-0.5"], "b2=-0.5 is outside [0, 1)", 2),
+    (["--config.eps=0"], "eps=0.0 must be > 0", 2),
+    (["--config.task=pow"], "unknown task 'pow'", 2),
+    (["--config.task=div", "--config.p=12"], "p=12", 2),
+    (["--config.p=1"], "p=1 is too small", 2),
+    (["--config.p=abc"], "--config.p=abc", 2),
+    (["--config.p=50000"], "p <= 46340", 2),
+    (["--config.p=3000"], "needs about", 2),
+    (["--config.width=0"], "width=0 must be >= 1", 2),
+    (["--config.steps=0"], "steps=0 must be >= 1", 2),
+    (["--config.log_every=7"], "steps=60 is not a multiple of log_every=7", 2),
+    (["--config.compile_groups=0"], "compile_groups=0 must be >= 1", 2),
+    (["--config.activation=tanh"], "activation='tanh' is not valid; valid: quad, relu", 2),
+    (["--config.loss=hinge"], "loss='hinge' is not valid", 2),
+    (["--config.batchnorm=maybe"], "--config.batchnorm=maybe", 2),
+]
+
+
+@pytest.mark.parametrize("args,needle,status", BAD_INPUTS, ids=[" ".join(a) for a, _, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_before_anything_is_written(args, needle, status, tmp_path, capsys):
+    for name, text in GRID_FILES.items():
+        (tmp_path / name).write_text(text)
+    args = [a.format(tmp=tmp_path) for a in args]
+    if not any(a.startswith("--grid") for a in args):
+        args.insert(0, "--grid=tiny")
     if not any(a.startswith("--out") for a in args):
-        args = [*args, f"--out={tmp_path / 'x'}"]
-    proc = _run(*args)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
-    assert not (tmp_path / "x").exists()  # nothing written
+        args.append(f"--out={tmp_path / 'out'}")
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(args)
+    out, err = capsys.readouterr()
+    assert exit_.value.code == status, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert out == ""  # not even the plan: nothing was compiled
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(GRID_FILES)  # nothing written
+
+
+def test_bad_input_in_a_process_has_no_traceback(tmp_path):
+    proc = _run("--grid=tiny", "--config.b1=1.0", f"--out={tmp_path / 'out'}")
+    assert proc.returncode == 2 and proc.stderr == "error: b1=1.0 is outside [0, 1)\n" and proc.stdout == ""
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_table_is_long():
+    assert len(BAD_INPUTS) >= 35
 
 
 def test_sharded_over_two_devices_matches_one(tmp_path):

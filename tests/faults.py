@@ -1,0 +1,91 @@
+"""The command line with a fault injected at a named point of the results store.
+
+    python tests/faults.py FAULT N -- --grid=tiny --out=DIR ...
+
+FAULT is one of:
+  kill_creating      SIGKILL once the new store is built, before its rename into place
+  kill_before_done   SIGKILL at the N-th chunk commit, its variables written, before its done mark
+  kill_after_commit  SIGKILL right after the N-th chunk commit (between chunks)
+  interrupt          Ctrl-C (KeyboardInterrupt) at the N-th chunk commit, before its done mark
+  enospc             the N-th chunk commit fails with "No space left on device" after its
+                     first two variable writes (raised by the zarr store, as a full disk would)
+
+A SIGKILL leaves no chance to clean up: what the store holds then is what any crash
+at that point would leave.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import signal
+import sys
+
+import zarr.storage
+
+from grok_jax import results
+from grok_jax.sweep import main as sweep_main
+
+
+def _kill() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _interrupt() -> None:
+    raise KeyboardInterrupt
+
+
+def _on_call(fn, n: int, before=None, after=None):
+    """``fn`` with ``before``/``after`` run around its ``n``-th call."""
+    calls = [0]
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n and before:
+            before()
+        out = fn(*args, **kwargs)
+        if calls[0] == n and after:
+            after()
+        return out
+
+    return wrapped
+
+
+def _disk_full_after(writes: int) -> None:
+    """Every store write after the next ``writes`` fails as on a full disk."""
+    set_ = zarr.storage.LocalStore.set
+    left = [writes]
+
+    async def failing_set(self, key, value):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        left[0] -= 1
+        return await set_(self, key, value)
+
+    zarr.storage.LocalStore.set = failing_set
+
+
+def main() -> None:
+    fault, n, sep, *args = sys.argv[1:]
+    assert sep == "--", __doc__
+    n = int(n)
+    if fault == "kill_creating":
+        results._publish = lambda partial, path: _kill()
+    elif fault == "kill_before_done":
+        results._mark_done = _on_call(results._mark_done, n, before=_kill)
+    elif fault == "kill_after_commit":
+        results._mark_done = _on_call(results._mark_done, n, after=_kill)
+    elif fault == "interrupt":
+        results._mark_done = _on_call(results._mark_done, n, before=_interrupt)
+    elif fault == "enospc":
+        results.write = _on_call(results.write, n, before=lambda: _disk_full_after(2))
+    else:
+        raise SystemExit(f"unknown fault {fault!r}\n{__doc__}")
+    sweep_main(args)
+
+
+if __name__ == "__main__":
+    main()
