@@ -59,6 +59,7 @@ FIELD_TYPES = {
 }
 CHOICES = {"scale": SCALES, "activation": ("quad", "relu"), "loss": ("mse", "ce")}
 INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234663852886e38  # swept values are float32 arrays on the device
 MAX_P = 46340  # pair indices m·p + n are int32: p² < 2³¹
 PLOT_FIELDS = ("x", "y")
 PLOT_AXES = tuple(a for a in TRACED_AXES if a != "seed")
@@ -114,6 +115,8 @@ def _check_sweep(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_plot(plot: ml_collections.ConfigDict) -> None:
+    if plot.get("x") is not None and plot.get("x") == plot.get("y"):
+        raise ConfigError(f"plot.x and plot.y are both {plot.x!r}; a heatmap needs two axes")
     for name in plot:
         if name not in PLOT_FIELDS:
             raise ConfigError(f"unknown config field 'plot.{name}'{_did_you_mean(name, PLOT_FIELDS)}; "
@@ -140,8 +143,9 @@ def _check_value(name: str, value: object, swept: bool = False) -> None:
 
 def _range_error(name: str, value) -> str | None:
     """Why ``value`` is out of range for ``name``, or ``None``."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and FIELD_TYPES[name] is float and not (
+            math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        return f"must be a finite number (float32: |x| <= {FLOAT32_MAX:.4g})"
     if name in CHOICES and value not in CHOICES[name]:
         return f"is not valid; valid: {', '.join(CHOICES[name])}"
     if name == "seed" and not -2**31 <= value <= INT32_MAX:

@@ -119,6 +119,18 @@ def plot_axes(ds: xr.Dataset) -> tuple[str | None, str | None]:
     return x, y
 
 
+def plot_fallback(ds: xr.Dataset) -> str | None:
+    """What :func:`plot_axes` chose instead of ``config.plot`` (``None``: as asked)."""
+    plot = json.loads(ds.attrs["config"])["plot"]
+    x, y = plot_axes(ds)
+    asked = {k: plot.get(k) for k in ("x", "y") if plot.get(k) is not None}
+    unused = {k: v for k, v in asked.items() if v not in (x, y)}
+    if not unused or x is None:
+        return None
+    named = ", ".join(f"plot.{k}={v!r}" for k, v in unused.items())
+    return f"{named} {'is' if len(unused) == 1 else 'are'} not swept; the heatmaps show x={x}" + (f", y={y}" if y else "")
+
+
 def save_figures(ds: xr.Dataset, out: str) -> list[str]:
     """Writes ``phase_diagram.png``, ``test_acc.png`` and ``train_acc.png`` to ``out``
     (nothing for a grid that sweeps no axis but seeds: it has no map to draw)."""

@@ -7,8 +7,9 @@ attributes. :func:`load_results` reshapes ``lane`` into the swept axes:
     >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, neuron
     >>> ds.test_acc.isel(step=-1).to_pandas()
 
-Crash safety. A store appears whole or not at all: it is built under a temporary
-name beside its final one and renamed into place (:func:`create`). A finished chunk
+Crash safety. One run at a time holds a store (:func:`exclusive`). A store appears
+whole or not at all: it is built under a temporary name beside its final one and
+renamed into place (:func:`create`). A finished chunk
 of lanes is committed by :func:`write`: every variable first, flushed to disk, then
 ``done`` for its lanes in one write of its own. ``done`` is a single zarr chunk and
 zarr replaces each chunk file atomically (it writes a temporary file and renames it
@@ -18,11 +19,15 @@ committed ones. Write errors raise :class:`~grok_jax.errors.StoreWriteError`.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import shutil
 import socket
-from typing import Any, Callable
+import sys
+import uuid
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import xarray as xr
@@ -30,6 +35,22 @@ import zarr
 
 from grok_jax import metrics, phases
 from grok_jax.errors import ConfigError, StoreWriteError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
+
+
+def _find_syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(fd)``: flushes one file system, not every one (``sync``)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs if sys.platform == "linux" else None
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _find_syncfs()
 
 STORE = "results.zarr"  # name of the store inside an output directory
 FORMAT = 2  # bumped when the layout changes (2: per-layer weight norms)
@@ -67,15 +88,15 @@ def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, width: in
     return ds
 
 
-def create(path: str, flat: xr.Dataset, lanes_per_chunk: int, log: Callable[[str], None] = print) -> None:
+def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
     """Writes ``flat`` (see :func:`empty`) as a new store, chunked along ``lane``;
     ``done`` is one chunk, so that marking lanes done is one atomic file write.
 
-    The store is built as ``.<name>.partial-<host>-<pid>`` beside ``path`` and renamed
-    to ``path`` once whole; leftovers of killed runs on this host are removed first."""
+    The store is built as ``.<name>.partial-<host>-<pid>-<random>`` beside ``path``
+    and renamed to ``path`` once whole (call it under :func:`exclusive`)."""
     parent, name = os.path.split(os.path.abspath(path))
-    _remove_leftovers(parent, name, log)
-    partial = os.path.join(parent, f"{PARTIAL.format(name=name)}{socket.gethostname()}-{os.getpid()}")
+    partial = os.path.join(parent, f"{PARTIAL.format(name=name)}{socket.gethostname()}-{os.getpid()}-"
+                                   f"{uuid.uuid4().hex[:8]}")
     encoding = {k: {"chunks": (lanes_per_chunk,) + v.shape[1:]} for k, v in flat.data_vars.items()}
     encoding["done"] = {"chunks": flat["done"].shape}
     try:
@@ -87,34 +108,48 @@ def create(path: str, flat: xr.Dataset, lanes_per_chunk: int, log: Callable[[str
 
 
 def _publish(partial: str, path: str) -> None:
-    os.rename(partial, path)  # atomic; fails if another run created a store there meanwhile
+    os.rename(partial, path)  # atomic
 
 
-def _remove_leftovers(parent: str, name: str, log: Callable[[str], None]) -> None:
-    """Removes the partial stores of this host's runs that no longer exist (another
-    host's, or a live run's, are left alone)."""
-    prefix = f"{PARTIAL.format(name=name)}{socket.gethostname()}-"
-    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
-        pid = entry[len(prefix):]
-        if entry.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+    """Holds the store at ``path`` for one run: an exclusive ``flock`` on the file
+    ``.<name>.lock`` beside it, released when the run ends or dies (``kill -9``
+    included). A second run on the same store is refused (``ConfigError``) rather
+    than rewriting the first one's lanes. Partial stores left beside it are then
+    from dead runs: they are removed, with a message. (Where ``fcntl`` is missing,
+    e.g. on Windows, runs are not locked.)"""
+    parent, name = os.path.split(os.path.abspath(path))
+    _check_writable(parent)
+    fd = os.open(os.path.join(parent, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise ConfigError(f"another run ({holder}) is writing {path}; wait for it to end, or choose "
+                                  "another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"host {socket.gethostname()}, pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (deleting it would race a new run)
+
+
+def remove_leftovers(path: str, log: Callable[[str], None] = print) -> None:
+    """Removes the partial stores of killed runs beside ``path`` (under :func:`exclusive`)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    for entry in sorted(os.listdir(parent)):
+        if entry.startswith(PARTIAL.format(name=name)):
             log(f"removing {os.path.join(parent, entry)}: the unfinished store of a killed run")
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], lanes_per_chunk: int,
             resumable: tuple[str, ...] = (), log: Callable[[str], None] = print) -> np.ndarray:
-    """Creates the store at ``path``, or opens it to resume; returns the mask of the
-    lanes already committed.
+    """Creates the store at ``path``, or opens it to resume (under :func:`exclusive`);
+    returns the mask of the lanes already committed.
 
     An existing store must hold results of the same config up to the ``resumable``
     fields, whose new values are then recorded in its attributes; otherwise a
@@ -122,10 +157,10 @@ def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], l
     Lanes marked done without results (a crash while an earlier version, whose
     ``done`` was no commit mark, wrote them) are reported and count as not done.
     """
+    remove_leftovers(path, log)
     if not os.path.exists(path):
-        _check_writable(os.path.dirname(os.path.abspath(path)))
         flat = make_empty()
-        create(path, flat, lanes_per_chunk, log)
+        create(path, flat, lanes_per_chunk)
         return flat["done"].values
     try:
         ds = _open(path)
@@ -136,15 +171,14 @@ def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], l
     if fmt != FORMAT:
         raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
                           "choose another --out")
-    new = json.loads(config_json)
-    same = lambda k: json.dumps(old.get(k), sort_keys=True) == json.dumps(new.get(k), sort_keys=True)  # noqa: E731
-    diff = sorted(k for k in set(old) | set(new) if not same(k) and k not in resumable)
+    new = json.loads(config_json)  # numbers compare by value: (0, 5) is (0.0, 5.0); no field may be NaN
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in resumable)
     if diff:
         k = diff[0]
         raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
                           "use another --out or the same config to resume")
     _check_writable(path)
-    if not all(same(k) for k in resumable):
+    if any(old.get(k) != new.get(k) for k in resumable):
         _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in resumable}}, sort_keys=True))
     empty_done = done & ~_has_results(ds)
     if empty_done.any():
@@ -154,11 +188,14 @@ def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], l
 
 
 def _has_results(ds: xr.Dataset) -> np.ndarray:
-    """Lanes holding what every finished lane has: a phase, a train accuracy at every
-    logged step (a count: finite even when the loss diverged) and finite weights at
-    step 0."""
-    return ((ds["phase"].values >= 0) & np.isfinite(ds["train_acc"].values).all(axis=1)
-            & np.isfinite(ds["weight_norm"].values[:, 0]))
+    """Lanes holding what every finished lane has: a phase; train and test accuracy
+    at every logged step (counts: finite even when the loss diverged); finite losses
+    and weight norms at step 0."""
+    finite = lambda name: np.isfinite(ds[name].values)  # noqa: E731
+    ok = (ds["phase"].values >= 0) & finite("train_acc").all(axis=1) & finite("test_acc").all(axis=1)
+    for name in ("train_loss", "test_loss", "weight_norm", "norm_U", "norm_V", "norm_W"):
+        ok &= finite(name)[:, 0]
+    return ok
 
 
 def _check_writable(directory: str) -> None:
@@ -188,7 +225,7 @@ def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[
         group = zarr.open_group(path, mode="r+")
         for name, values in {**log, **final, "phase": phase.astype(np.int8)}.items():
             group[name].oindex[_selection(lanes)] = values
-        _flush()
+        _flush(path)
         _mark_done(group, lanes)
     except OSError as e:
         raise StoreWriteError(f"cannot write results to {path}: {_reason(e)}; the lanes committed before "
@@ -202,11 +239,16 @@ def _selection(lanes: np.ndarray) -> slice | np.ndarray:
     return lanes
 
 
-def _flush() -> None:
+def _flush(path: str) -> None:
     """Puts the data on disk before the mark that says it is there (so that even a
-    power loss cannot leave done lanes without results)."""
-    if hasattr(os, "sync"):
-        os.sync()
+    power loss cannot leave done lanes without results): ``syncfs`` of the store's
+    file system on Linux, else ``sync`` of all."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS is None or _SYNCFS(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _mark_done(group: zarr.Group, lanes: np.ndarray) -> None:

@@ -124,8 +124,8 @@ def make_plan(
         limit = per_device
         if limit is None and platform is not None:
             limit = default_lanes_per_device(platform, n_max, config.width)
-        chunks += _split(group, n_max, n_devices, min(limit or len(group),
-                                                     int(budget // lane_bytes(config, n_max))))
+        fit = min(limit or len(group), budget // lane_bytes(config, n_max))  # before int(): budget may be inf
+        chunks += _split(group, n_max, n_devices, int(fit))
     return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices)
 
 
@@ -199,10 +199,11 @@ def _best_ends(cost: Callable[[int, int], float], k: int, n_groups: int) -> list
 
 def lane_bytes(config: Any, n_max: int) -> int:
     """Rough device memory of one lane: activations of the step (training rows)
-    and of the evaluation (at most all p² pairs), parameters with their AdamW state."""
+    and of the evaluation (at most all p² pairs), parameters with their AdamW state,
+    and the log (16 floats per logged step)."""
     p, width = config.p, config.width
     acts = 8 * n_max * width + 4 * n_max * p + 3 * p * p * width + 3 * p * p * p
-    return 4 * (acts + 6 * 3 * p * width)
+    return 4 * (acts + 6 * 3 * p * width + 16 * (config.steps // config.log_every + 1))
 
 
 def flops_per_lane(config: Any, n_max: int) -> float:
@@ -448,7 +449,8 @@ def run_sweep(
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
     chunks are kept and skipped; with another config (other than ``plot`` and
-    ``compile_groups``) it is an error and nothing is touched.
+    ``compile_groups``) it is an error and nothing is touched. One run at a time
+    writes a store: a second one is refused (:func:`grok_jax.results.exclusive`).
 
     Example:
       >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi")
@@ -461,10 +463,19 @@ def run_sweep(
     mesh = make_mesh(plan, devices)
     config_json = config.to_json(sort_keys=True)
     path = results.store_path(out) if out else None
-    done = np.zeros(plan.n_lanes, bool)
-    if path:
+    if not path:
+        return _sweep(config, config_json, plan, mesh, None, np.zeros(plan.n_lanes, bool), progress, log)
+    with results.exclusive(path):
         done = results.prepare(path, config_json, lambda: _empty_results(config, config_json, plan),
                                len(plan.chunks[0].lanes), RESUMABLE, log)
+        _sweep(config, config_json, plan, mesh, path, done, progress, log)
+    return results.load_results(path)
+
+
+def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | None, done: np.ndarray,
+           progress: bool, log: Callable[[str], None]):
+    """Runs the lanes not ``done``: into the store at ``path``, or, without one,
+    returns the results."""
     _print_plan(config, plan, list(mesh.devices.flat), done, log)
 
     pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
@@ -490,9 +501,7 @@ def run_sweep(
     finally:
         bar.close()
         _Progress.bar = None
-    if path:
-        return results.load_results(path)
-    return _in_memory(config, config_json, plan, collected)
+    return None if path else _in_memory(config, config_json, plan, collected)
 
 
 def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
@@ -628,41 +637,42 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e)
     if rest:
         _fail(ConfigError(f"unexpected arguments {rest}; use --flag=value"))
-    _check_overrides(argv, config.value)
+    _check_overrides(config.value, cfg.load_config(grid.value, scale.value))
     std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
     name = os.path.splitext(os.path.basename(grid.value))[0]
     target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))
     if target.rstrip("/").endswith(".zarr"):
         _fail(ConfigError(f"--out={target} ends in .zarr: it names the output directory, which holds the "
                           f"store {results.STORE} and the figures; e.g. --out={target.rstrip('/')[:-5]}"))
+    store = results.store_path(target)
     try:
         ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None)
+        print(plotting.phase_table(ds))
+        fallback = plotting.plot_fallback(ds)
+        if fallback:
+            print(f"plot: {fallback}")
+        for path in plotting.save_figures(ds, target):
+            print(f"wrote {path}")
     except ConfigError as e:
         _fail(e)
     except StoreWriteError as e:
         _fail(e, status=1)
+    except OSError as e:  # the figures (the store's own errors are StoreWriteErrors)
+        _fail(f"cannot write the figures to {target}: {e.strerror or e}; the results are complete in {store}",
+              status=1)
     except KeyboardInterrupt:
-        _fail(f"interrupted; the chunks committed to {results.store_path(target)} are kept: run the same "
-              "command again to resume", status=130)
-    print(plotting.phase_table(ds))
-    try:
-        for path in plotting.save_figures(ds, target):
-            print(f"wrote {path}")
-    except OSError as e:
-        _fail(f"cannot write the figures to {target}: {e.strerror or e}; the results are complete in "
-              f"{results.store_path(target)}", status=1)
-    print(f"results: {results.store_path(target)}  (grok_jax.load_results({target!r}))")
+        kept = f"the lanes committed to {store} are kept" if os.path.exists(store) else "no results were written"
+        _fail(f"interrupted; {kept}: run the same command again to resume", status=130)
+    print(f"results: {store}  (grok_jax.load_results({target!r}))")
 
 
-def _check_overrides(argv: list[str], config: ml_collections.ConfigDict) -> None:
-    """A field set on the command line while a sweep axis gives every lane its own
-    value would be silently unused: refused."""
-    for arg in argv:
-        match = re.match(r"--config\.(\w+)(=|$)", arg)
-        if match and match[1] in config.get("sweep", {}):
-            name = match[1]
-            _fail(ConfigError(f"--config.{name} is shadowed by the sweep axis {name}={tuple(config.sweep[name])}; "
-                              f"set --config.sweep.{name}=(...) instead"))
+def _check_overrides(config: ml_collections.ConfigDict, grid_config: ml_collections.ConfigDict) -> None:
+    """A fixed field changed on the command line while a sweep axis gives every lane
+    its own value would be silently unused: refused."""
+    for name in config.sweep:
+        if name in grid_config and config[name] != grid_config[name]:
+            _fail(ConfigError(f"--config.{name}={config[name]!r} is shadowed by the sweep axis "
+                              f"{name}={tuple(config.sweep[name])}; set --config.sweep.{name}=(...) instead"))
 
 
 if __name__ == "__main__":

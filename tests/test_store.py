@@ -14,6 +14,7 @@ import xarray as xr
 import zarr
 
 from grok_jax import results
+from grok_jax.errors import ConfigError
 from grok_jax.sweep import run_sweep
 
 # 16 lanes in 4 chunks of 2 lanes on each of 2 devices; no timed layout choice
@@ -52,7 +53,7 @@ def stopped(tmp_path_factory):
         fault, at = stop[:2]
         out = tmp / fault
         proc = _sweep(out, env, fault, at)
-        files = sorted(p.name for p in out.iterdir())
+        files = sorted(p.name for p in out.iterdir() if p.name != ".results.zarr.lock")
         return proc, _store(out), files, _sweep(out, env), _store(out)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -83,17 +84,28 @@ def test_a_run_stopped_anywhere_resumes_to_the_same_store(stopped, fault, at, st
 
 
 def test_lanes_marked_done_without_results_run_again(tiny, tmp_path):
-    """A store of an earlier version killed between its done mark and the metrics."""
+    """A store of an earlier version killed between its done mark and its metrics:
+    any variable a finished lane always has may be missing."""
     first = run_sweep(tiny, out=str(tmp_path), lanes_per_device=1, **QUIET)
     store = zarr.open_group(results.store_path(tmp_path), mode="r+")
     store["train_acc"][3, 1:] = np.nan  # lane 3: done, but its metrics never written
     store["phase"][3] = -1
-    store["weight_norm"][5, :] = np.nan  # lane 5: likewise
+    store["test_acc"][5, :] = np.nan  # lane 5: only its test accuracy missing
+    store["norm_U"][6, :] = np.nan  # lane 6: only a weight norm
     logged = []
     again = run_sweep(tiny, out=str(tmp_path), lanes_per_device=1, progress=False, log=logged.append)
-    assert any(line.startswith("warning: 2 lane(s)") for line in logged), logged
-    assert any("6 lanes already done" in line for line in logged)
+    assert any(line.startswith("warning: 3 lane(s)") for line in logged), logged
+    assert any("5 lanes already done" in line for line in logged)
     xr.testing.assert_identical(again, first)
+
+
+def test_a_second_run_on_the_same_store_is_refused(tiny, tmp_path):
+    path = results.store_path(tmp_path)
+    with results.exclusive(path):  # another run holds it
+        with pytest.raises(ConfigError, match=f"another run \\(host .*, pid {os.getpid()}\\) is writing"):
+            run_sweep(tiny, out=str(tmp_path), **QUIET)
+        assert not os.path.exists(path)
+    run_sweep(tiny, out=str(tmp_path), **QUIET)  # released: this run may
 
 
 def test_done_lanes_are_never_rewritten(tiny, tmp_path):
@@ -119,26 +131,20 @@ def test_a_new_plot_is_applied_on_resume(tiny, tmp_path):
     assert json.loads(results.load_results(tmp_path).attrs["config"])["plot"] == {"x": "wd", "y": "xi"}
 
 
-def test_leftovers_of_dead_runs_are_removed_others_kept(tiny, tmp_path):
-    host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
-    leftovers = {f".results.zarr.partial-{host}-{dead}": False,  # a killed run here: removed
-                 f".results.zarr.partial-{host}-{os.getpid()}x": True,  # not ours: kept
-                 f".results.zarr.partial-{host}-{os.getppid()}": True,  # a live run: kept
-                 f".results.zarr.partial-otherhost-{dead}": True}  # another host's: kept
-    for name in leftovers:
+def test_leftovers_are_removed_by_the_run_holding_the_store(tiny, tmp_path):
+    leftovers = [".results.zarr.partial-otherhost-1-0a1b2c3d", f".results.zarr.partial-{socket.gethostname()}-1-x"]
+    for name in [*leftovers, ".other.zarr.partial-a-1-x"]:  # the last: another store's, kept
         (tmp_path / name).mkdir()
     logged = []
     run_sweep(tiny, out=str(tmp_path), progress=False, log=logged.append)
-    for name, kept in leftovers.items():
-        assert (tmp_path / name).exists() == kept, name
-    assert sum("unfinished store of a killed run" in line for line in logged) == 1
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == [".other.zarr.partial-a-1-x"]
+    assert sum("unfinished store of a killed run" in line for line in logged) == 2
+    (tmp_path / leftovers[0]).mkdir()  # also when the store exists already
+    run_sweep(tiny, out=str(tmp_path), progress=False, log=logged.append)
+    assert not (tmp_path / leftovers[0]).exists()
 
 
 def test_a_half_made_store_is_refused_in_one_line(tiny, tmp_path):
-    from grok_jax.errors import ConfigError
-
     os.makedirs(results.store_path(tmp_path))
     zarr.open_group(results.store_path(tmp_path), mode="a").attrs["format"] = results.FORMAT
     with pytest.raises(ConfigError, match="is not a complete grok_jax results store"):
