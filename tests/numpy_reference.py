@@ -1,10 +1,16 @@
 """Independent plain-NumPy reference (test oracle) for grok_jax.
 
+It shares no code with grok_jax: it builds the data set, the initial weights, the
+dropout masks and BatchNorm from the random draws it is handed (tests draw them
+with jax.random from the documented keys) and from the paper's definitions.
+
 Layout: U (p, N), V (p, N), W (N, p); f(m, n) = phi(U[m] + V[n]) @ W gives p logits.
 U[i, k] is the paper's U_{k i}; W[k, q] is the paper's W_{q k}. Everything in float64.
 IPR uses the one-sided real FFT (rfft, DC included), so a pure cosine has IPR 1.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -20,6 +26,51 @@ def neuron_ipr(U: np.ndarray, V: np.ndarray, W: np.ndarray) -> np.ndarray:
     return (ipr(np.asarray(U).T) + ipr(np.asarray(V).T) + ipr(np.asarray(W))) / 3.0
 
 
+STD_EXPONENT = -1.0 / 3.0  # init: every weight N(0, σ²), σ² = (16N)^(-2/3) (PAPER.md §2)
+BN_EPS = 1e-5  # PyTorch BatchNorm1d
+
+
+def pair_labels(task: str, p: int) -> np.ndarray:
+    """(m ∘ n) mod p for every pair m·p + n, by plain integer arithmetic; division by
+    n = 0 (no answer) gives -1."""
+    m, n = np.divmod(np.arange(p * p), p)
+    if task == "add":
+        return (m + n) % p
+    if task == "sub":
+        return (m - n) % p
+    if task == "mul":
+        return (m * n) % p
+    inverse = {b: next(c for c in range(1, p) if b * c % p == 1) for b in range(1, p)}
+    return np.array([a * inverse[b] % p if b else -1 for a, b in zip(m, n)])
+
+
+def make_data(shuffle: np.ndarray, noise: np.ndarray, n_train: int, n_corrupt: int, task: str, p: int) -> dict:
+    """The paper's data set from the random draws it is handed: ``shuffle``, a
+    permutation of the p² pair indices; ``noise``, one random label per row.
+
+    The usable pairs (division: n ≠ 0) in shuffled order; the first ``n_train`` are
+    the training set, of which the first ``n_corrupt`` train on their noise label.
+    """
+    shuffle, noise = np.asarray(shuffle), np.asarray(noise)
+    true = pair_labels(task, p)
+    order = shuffle[np.argsort(true[shuffle] < 0, kind="stable")]  # unusable pairs last
+    usable = int(np.sum(true >= 0))
+    rows = np.arange(p * p)
+    label = np.where(rows < n_corrupt, noise, true[order])
+    m, n = np.divmod(order, p)
+    return {"order": order, "m": m, "n": n, "label": label, "true_label": true[order], "pair_label": true,
+            "usable": usable, "n_train": n_train, "n_corrupt": n_corrupt}
+
+
+def init_params(normals: dict, width: int, batchnorm: bool = False) -> dict:
+    """Initial weights from standard normal draws ``normals["U"|"V"|"W"]``."""
+    std = (16.0 * width) ** STD_EXPONENT
+    params = {k: std * np.asarray(normals[k], np.float64) for k in "UVW"}
+    if batchnorm:
+        params["bn_scale"], params["bn_shift"] = np.ones(width), np.zeros(width)
+    return params
+
+
 def _act(h: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
     """Return (phi(h), phi'(h)) for activation 'quad' (h**2) or 'relu'."""
     if activation == "quad":
@@ -29,26 +80,48 @@ def _act(h: np.ndarray, activation: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown activation {activation!r}")
 
 
-def forward(params: dict, m: np.ndarray, n: np.ndarray, activation: str) -> np.ndarray:
-    """Logits phi(U[m] + V[n]) @ W, shape (len(m), p)."""
-    U, V, W = (np.asarray(params[k], dtype=np.float64) for k in ("U", "V", "W"))
-    h = U[np.asarray(m)] + V[np.asarray(n)]
-    return _act(h, activation)[0] @ W
+def _features(params: dict, m, n, activation: str, rate: float = 0.0, noise=None):
+    """(φ(dropout(U[m] + V[n])), dφ/d(pre)): inverted dropout where noise < rate."""
+    U, V = (np.asarray(params[k], np.float64) for k in "UV")
+    pre = U[np.asarray(m)] + V[np.asarray(n)]
+    keep = np.ones_like(pre) if noise is None else (np.asarray(noise) >= rate) / (1.0 - rate)
+    a, da = _act(pre * keep, activation)
+    return a, da * keep
 
 
-def loss_and_grads(params: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
-                   activation: str = "quad", loss: str = "mse") -> tuple[float, dict]:
-    """Full-batch loss and hand-written gradients w.r.t. U, V, W.
+def _batchnorm(params: dict, a: np.ndarray, stats_rows: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """BatchNorm of ``a`` with the mean and biased variance of ``stats_rows``."""
+    mean, var = stats_rows.mean(axis=0), stats_rows.var(axis=0)
+    xhat = (a - mean) / np.sqrt(var + BN_EPS)
+    return xhat * params["bn_scale"] + params["bn_shift"], (xhat, var)
+
+
+def forward(params: dict, m: np.ndarray, n: np.ndarray, activation: str, stats_rows: np.ndarray | None = None
+            ) -> np.ndarray:
+    """Eval-mode logits phi(U[m] + V[n]) @ W; with BatchNorm (``bn_scale`` in
+    params) normalized by the statistics of the features ``stats_rows``."""
+    a, _ = _features(params, m, n, activation)
+    if "bn_scale" in params:
+        a, _ = _batchnorm(params, a, stats_rows)
+    return a @ np.asarray(params["W"], np.float64)
+
+
+def loss_and_grads(params: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray, activation: str = "quad",
+                   loss: str = "mse", rate: float = 0.0, noise: np.ndarray | None = None) -> tuple[float, dict]:
+    """Full-batch loss and hand-written gradients of every parameter.
 
     'mse': mean over examples and the p outputs of (logits - onehot(y))**2.
-    'ce': mean softmax cross-entropy.
+    'ce': mean softmax cross-entropy. Dropout where ``noise`` < ``rate`` (train mode);
+    BatchNorm (``bn_scale`` in params) with this batch's statistics, differentiated.
     """
-    U, V, W = (np.asarray(params[k], dtype=np.float64) for k in ("U", "V", "W"))
+    W = np.asarray(params["W"], dtype=np.float64)
     m, n, y = np.asarray(m), np.asarray(n), np.asarray(y)
     B, p = len(m), W.shape[1]
-    h = U[m] + V[n]                       # (B, N)
-    a, da = _act(h, activation)           # (B, N)
-    z = a @ W                             # (B, p)
+    a, da = _features(params, m, n, activation, rate, noise)   # (B, N)
+    h = a
+    if "bn_scale" in params:
+        h, (xhat, var) = _batchnorm(params, a, a)
+    z = h @ W                             # (B, p)
     onehot = np.zeros((B, p))
     onehot[np.arange(B), y] = 1.0
     if loss == "mse":
@@ -63,32 +136,40 @@ def loss_and_grads(params: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
         gz = (np.exp(logp) - onehot) / B
     else:
         raise ValueError(f"unknown loss {loss!r}")
-    gW = a.T @ gz                         # (N, p)
-    gh = (gz @ W.T) * da                  # (B, N)
-    gU, gV = np.zeros_like(U), np.zeros_like(V)
-    np.add.at(gU, m, gh)
-    np.add.at(gV, n, gh)
-    return L, {"U": gU, "V": gV, "W": gW}
+    grads = {"W": h.T @ gz}               # (N, p)
+    gh = gz @ W.T                         # (B, N)
+    if "bn_scale" in params:
+        grads["bn_scale"], grads["bn_shift"] = np.sum(gh * xhat, axis=0), np.sum(gh, axis=0)
+        gx = gh * params["bn_scale"]
+        # d/da of xhat = (a - mean)/sqrt(var + eps) with the batch's mean and variance
+        gh = (gx - gx.mean(axis=0) - xhat * np.mean(gx * xhat, axis=0)) / np.sqrt(var + BN_EPS)
+    gpre = gh * da
+    grads["U"], grads["V"] = np.zeros((p, W.shape[0])), np.zeros((p, W.shape[0]))
+    np.add.at(grads["U"], m, gpre)
+    np.add.at(grads["V"], n, gpre)
+    return L, grads
 
 
 def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
                     steps: int, lr: float, wd: float, b1: float = 0.9, b2: float = 0.98,
                     eps: float = 1e-8, activation: str = "quad",
-                    loss: str = "mse", history: list | None = None) -> tuple[dict, list[float]]:
-    """Full-batch training with torch.optim.AdamW semantics (decoupled decay first).
+                    loss: str = "mse", history: list | None = None, rate: float = 0.0,
+                    noise: Callable[[int], np.ndarray] | None = None) -> tuple[dict, list[float]]:
+    """Full-batch training with torch.optim.AdamW semantics (decoupled decay first,
+    every parameter decayed); step t's dropout draws are ``noise(t)``.
 
     Returns (final params, loss at the start of each step; length `steps`).
     params0 is copied, not mutated. If given, `history` receives a copy of the params
     at the start of every step and at the end (steps + 1 entries).
     """
-    w = {k: np.array(params0[k], dtype=np.float64, copy=True) for k in ("U", "V", "W")}
+    w = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params0.items()}
     mom = {k: np.zeros_like(v) for k, v in w.items()}
     vel = {k: np.zeros_like(v) for k, v in w.items()}
     losses: list[float] = []
     for t in range(1, steps + 1):
         if history is not None:
             history.append({k: v.copy() for k, v in w.items()})
-        L, g = loss_and_grads(w, m, n, y, activation, loss)
+        L, g = loss_and_grads(w, m, n, y, activation, loss, rate, noise(t - 1) if noise else None)
         losses.append(L)
         for k in w:
             w[k] = w[k] * (1.0 - lr * wd)
@@ -102,38 +183,45 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
     return w, losses
 
 
-def metrics(params: dict, order: np.ndarray, label: np.ndarray, n_train: int, n_corrupt: int,
-            pair_label: np.ndarray, usable: int, activation: str = "quad", loss: str = "mse") -> dict:
-    """The logged metrics over every usable pair, by argmax.
+def counts(params: dict, data: dict, activation: str = "quad", loss: str = "mse") -> dict:
+    """Eval-mode loss sums and correct-prediction counts of every set, with its size.
 
-    order: pair indices m·p + n, training rows first, the `usable` pairs before the
-    unusable ones; label: the labels trained on, in that order (corrupted in the first
-    n_corrupt rows); pair_label: the true label of every pair, in pair order.
-    """
-    p = len(params["W"][0])
-    order = np.asarray(order)[:usable]
-    m, n = np.divmod(order, p)
-    z = forward(params, m, n, activation)
-    true = np.asarray(pair_label)[order]
-    y = np.concatenate([np.asarray(label)[:n_train], true[n_train:]])
+    A prediction is correct when the label's logit is the unique maximum."""
+    order, n_train, n_corrupt = data["order"][:data["usable"]], data["n_train"], data["n_corrupt"]
+    m, n = np.divmod(order, len(params["W"][0]))
+    a, _ = _features(params, m[:n_train], n[:n_train], activation)
+    z = forward(params, m, n, activation, stats_rows=a)
+    p = z.shape[1]
+    true = data["pair_label"][order]
+    y = np.concatenate([data["label"][:n_train], true[n_train:]])
     if loss == "mse":
         terms = np.mean((z - np.eye(p)[y]) ** 2, axis=1)
     else:
         zs = z - z.max(axis=1, keepdims=True)
         terms = np.log(np.sum(np.exp(zs), axis=1)) - zs[np.arange(len(y)), y]
-    pred = np.argmax(z, axis=1)
-    mean = lambda x: np.sum(x) / len(x) if len(x) else np.nan  # noqa: E731  (NaN for an empty set)
-    train, corrupt, clean, test = slice(0, n_train), slice(0, n_corrupt), slice(n_corrupt, n_train), slice(n_train, None)
+    top = z.max(axis=1)
+    unique = np.sum(z == top[:, None], axis=1) == 1
+    hit, hit_true = unique & (z[np.arange(len(y)), y] == top), unique & (z[np.arange(len(y)), true] == top)
+    sets = {"train": slice(0, n_train), "test": slice(n_train, None), "corrupt": slice(0, n_corrupt),
+            "clean": slice(n_corrupt, n_train)}
+    out = {"train_loss": (terms[sets["train"]].sum(), n_train), "test_loss": (terms[sets["test"]].sum(), len(y) - n_train)}
+    for name in ("train", "test", "corrupt"):
+        out[f"{name}_acc"] = (int(hit[sets[name]].sum()), len(range(len(y))[sets[name]]))
+    out["inversion_acc"] = (int(hit_true[sets["corrupt"]].sum()), n_corrupt)
+    out["clean_acc"] = (int(hit_true[sets["clean"]].sum()), n_train - n_corrupt)
+    return out
+
+
+def metrics(params: dict, data: dict, activation: str = "quad", loss: str = "mse") -> dict:
+    """The logged metrics of a state (eval mode) over every usable pair (NaN for an
+    empty set); BatchNorm uses the training rows' statistics."""
+    out = {name: total / size if size else np.nan for name, (total, size) in counts(params, data, activation,
+                                                                                    loss).items()}
     U, V, W = (np.asarray(params[k], np.float64) for k in "UVW")
-    return {
-        "train_loss": mean(terms[train]), "test_loss": mean(terms[test]),
-        "train_acc": mean(pred[train] == y[train]), "test_acc": mean(pred[test] == y[test]),
-        "corrupt_acc": mean(pred[corrupt] == y[corrupt]), "inversion_acc": mean(pred[corrupt] == true[corrupt]),
-        "clean_acc": mean(pred[clean] == true[clean]),
-        "norm_U": np.linalg.norm(U), "norm_V": np.linalg.norm(V), "norm_W": np.linalg.norm(W),
-        "weight_norm": np.sqrt(np.sum(U**2) + np.sum(V**2) + np.sum(W**2)),
-        "ipr": np.mean(neuron_ipr(U, V, W)),
-    }
+    out.update({"norm_U": np.linalg.norm(U), "norm_V": np.linalg.norm(V), "norm_W": np.linalg.norm(W),
+                "weight_norm": np.sqrt(np.sum(U**2) + np.sum(V**2) + np.sum(W**2)),
+                "ipr": np.mean(neuron_ipr(U, V, W))})
+    return out
 
 
 def analytic_solution(p: int, N: int, rng: np.random.Generator) -> dict:
@@ -153,3 +241,26 @@ def analytic_solution(p: int, N: int, rng: np.random.Generator) -> dict:
     V = c * np.cos(theta + phi_v[None, :])
     W = (c * np.cos(-theta - phi_u[None, :] - phi_v[None, :])).T
     return {"U": U, "V": V, "W": W}
+
+
+PHASES = ("Coexistence", "Partial Inversion", "Full Inversion", "Memorization", "Forgetting", "Confusion",
+          "Diverged")
+
+
+def phase(log: dict, xi: float) -> str:
+    """The paper's Table 2 (PAPER.md §5) on a logged trajectory, written out: high
+    means ≥ 90% (1e-6 of rounding allowed); a run that never learned but whose
+    weights fell below half their initial norm is Forgetting."""
+    if not all(np.all(np.isfinite(log[k])) for k in ("train_loss", "test_loss", "weight_norm")):
+        return "Diverged"
+    high = lambda acc: acc >= 0.9 - 1e-6  # noqa: E731
+    train, test = log["train_acc"][-1], log["test_acc"][-1]
+    if high(test):
+        if high(train):
+            return "Coexistence"
+        return "Partial Inversion" if train >= 1.05 - xi - 1e-6 else "Full Inversion"
+    if high(train):
+        return "Memorization"
+    learned = high(max(np.max(log["train_acc"]), np.max(log["test_acc"])))
+    collapsed = log["weight_norm"][-1] < 0.5 * log["weight_norm"][0]
+    return "Forgetting" if learned or collapsed else "Confusion"

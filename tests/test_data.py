@@ -1,6 +1,10 @@
 """Data: exact split sizes, corrupted counts, clean test labels, masks, tasks."""
 
+import math
+from fractions import Fraction
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -114,3 +118,65 @@ def test_bad_fractions_are_one_line_errors(kwargs, needle):
     with pytest.raises(ConfigError, match=needle) as err:
         split_sizes(**kwargs)
     assert "\n" not in str(err.value)
+
+
+def _chi2_sf_even(x: float, df: int) -> float:
+    """P(χ² > x) for an even number of degrees of freedom (a finite series)."""
+    half = x / 2
+    return math.exp(-half) * sum(half**k / math.factorial(k) for k in range(df // 2))
+
+
+def _uniform_p_value(values: np.ndarray, p: int) -> float:
+    counts = np.bincount(values.ravel(), minlength=p)
+    expected = values.size / p
+    return _chi2_sf_even(float(np.sum((counts - expected) ** 2) / expected), p - 1)
+
+
+# The chi-square checks below fail with probability 1e-6 each on correct code (a false
+# alarm); the seeds are fixed, so a given version of JAX passes or fails them always.
+FALSE_ALARM = 1e-6
+
+
+def test_corrupted_labels_are_uniform_over_all_p_classes():
+    """Over 300 seeds (21 600 corrupted labels at p 11): the labels are uniform over
+    0..p-1, and so is their offset from the true label (no bias towards it)."""
+    p, n_train = 11, 72
+    seeds = jnp.arange(300)
+    make = jax.vmap(lambda s: make_dataset(jax.random.key(s), jax.random.fold_in(jax.random.key(s), 7), n_train,
+                                           n_train, task="add", p=p, n_max=n_train))
+    ds = jax.tree.map(np.asarray, make(seeds))
+    assert ds.corrupt.all()  # ξ = 1: every training row
+    assert _uniform_p_value(ds.label, p) > FALSE_ALARM
+    assert _uniform_p_value((ds.label - ds.true_label) % p, p) > FALSE_ALARM
+    assert np.mean(ds.label == ds.true_label) < 2 / p  # about 1/p by chance
+
+
+@pytest.mark.parametrize("task,p,alpha", [("add", 11, 0.6), ("sub", 13, 0.35), ("div", 11, 0.5)])
+def test_data_is_the_papers_definition(task, p, alpha):
+    """Against the definition, not the code's helpers: ⌊α·P⌋ training pairs, the first
+    ⌊ξ·n_train⌋ of them corrupted (exact rational floors), true labels (m ∘ n) mod p,
+    corrupted sets nested in ξ with the same noise labels, test pairs never corrupted."""
+    usable = p * (p - 1) if task == "div" else p * p
+    n_train = math.floor(Fraction(str(alpha)) * usable)
+    truth = {"add": lambda m, n: (m + n) % p, "sub": lambda m, n: (m - n) % p,
+             "div": lambda m, n: np.array([a * pow(int(b), p - 2, p) % p for a, b in zip(m, n)])}[task]
+    previous = None
+    for xi in (0.0, 0.1, 0.25, 0.5, 1.0):
+        n_corrupt = math.floor(Fraction(str(xi)) * n_train)
+        assert split_sizes(alpha, xi, task, p) == (n_train, n_corrupt)
+        ds = jax.tree.map(np.asarray, make_dataset(jax.random.key(5), jax.random.key(6), n_train, n_corrupt,
+                                                   task=task, p=p, n_max=n_train + 7))
+        np.testing.assert_array_equal(ds.true_label, truth(ds.m, ds.n))
+        assert int(ds.corrupt.sum()) == n_corrupt and ds.corrupt[:n_corrupt].all()
+        np.testing.assert_array_equal(ds.label[n_corrupt:], ds.true_label[n_corrupt:])  # padding rows too
+        assert ((ds.label >= 0) & (ds.label < p)).all()
+        if task == "div":
+            assert (ds.n[:n_train] != 0).all()
+        test_pairs = np.flatnonzero(ds.test)
+        assert len(test_pairs) == usable - n_train and not np.isin(test_pairs, ds.order[:n_train]).any()
+        if previous is not None:  # nested: the same rows and noise labels, and more
+            prev_ds, prev_n = previous
+            np.testing.assert_array_equal(ds.order, prev_ds.order)
+            np.testing.assert_array_equal(ds.label[:prev_n], prev_ds.label[:prev_n])
+            assert ds.corrupt[:prev_n].all()
+        previous = (ds, n_corrupt)

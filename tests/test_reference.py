@@ -1,33 +1,39 @@
-"""Regression: the tiny grid's final numbers against stored reference values.
-
-The reference is ``tests/reference_tiny.json``. A deliberate change of the
-numerics (init, data order, optimizer) changes it; regenerate it with
-
-    UPDATE_REFERENCE=1 pytest tests/test_reference.py
-
-and say why in the commit message.
-"""
-
-import json
-import os
+"""The reference grid (tests/reference.py): grok_jax's sweep against numbers the
+NumPy reference computed, on 12 lanes in four phases."""
 
 import numpy as np
+import reference
 
+from grok_jax import phases
 from grok_jax.sweep import run_sweep
 
-PATH = os.path.join(os.path.dirname(__file__), "reference_tiny.json")
-FIELDS = ("train_loss", "test_loss", "train_acc", "test_acc", "corrupt_acc", "weight_norm", "ipr")
+# 1000 steps in float32 against float64 drift apart (measured: final train loss 2.3e-6,
+# test loss 7e-3, weight norm 1% (0.1 of 10), IPR 0.03, test accuracy 0.06); the
+# tolerances are 2-5x that, far below the spread between lanes. Where weight decay
+# drove the weights to ~1e-42 (float64; exactly 0 in float32) the logits tie and the
+# accuracies say nothing: those lanes are compared by phase and collapse only.
+ATOL = {"train_loss": 1e-5, "test_loss": 2e-2, "test_acc": 0.15, "ipr": 0.1}
+NORM_RTOL = 0.03
 
 
-def test_tiny_grid_matches_reference(tiny):
-    ds = run_sweep(tiny, progress=False, log=lambda s: None).isel(step=-1)
-    got = {name: np.nan_to_num(ds[name].values, nan=-1.0).ravel().tolist() for name in FIELDS}
-    got["phase"] = ds.phase.values.ravel().tolist()
-    if os.environ.get("UPDATE_REFERENCE"):
-        with open(PATH, "w") as f:
-            json.dump(got, f, indent=1)
-    with open(PATH) as f:
-        want = json.load(f)
-    for name in FIELDS:  # CPUs differ in vectorization, so not bit-exact
-        np.testing.assert_allclose(got[name], want[name], rtol=2e-3, atol=2e-3, err_msg=name)
-    assert got["phase"] == want["phase"]
+def test_reference_is_what_the_numpy_reference_computes():
+    assert not reference.differences(reference.load(), reference.compute())
+
+
+def test_reference_grid_discriminates():
+    assert len({lane["phase"] for lane in reference.load()}) >= 4
+
+
+def test_sweep_matches_the_reference():
+    ds = run_sweep(reference.config(), progress=False, log=lambda s: None)
+    flat = ds.stack(lane=list(reference.AXES)).transpose("lane", ...).isel(step=-1)
+    for i, want in enumerate(reference.load()):
+        where = {k: want[k] for k in reference.AXES}
+        assert phases.PHASES[int(flat.phase[i])] == want["phase"], where
+        norm = float(flat.weight_norm[i])
+        if want["final"]["weight_norm"] < 1e-6:  # collapsed, in both
+            assert norm < 1e-6, where
+            continue
+        np.testing.assert_allclose(norm, want["final"]["weight_norm"], rtol=NORM_RTOL, err_msg=str(where))
+        for name, atol in ATOL.items():
+            np.testing.assert_allclose(float(flat[name][i]), want["final"][name], atol=atol, err_msg=f"{where} {name}")
