@@ -16,10 +16,10 @@ import sys
 
 import numpy as np
 
-import grok_jax  # noqa: F401  (first: one XLA CPU device per core)
+
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_speed import grok_step_time, limit_step_time, matmul_rate  # noqa: E402
+from bench_speed import grok_step_time, limit_step_time, matmul_rate  # noqa: E402  (splits the CPU into cores)
 
 ALPHA = 0.5
 SERIES = {

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Callable
 
-import grok_jax  # noqa: F401  (first: one XLA CPU device per core)
+import grok_jax
 import jax
 import numpy as np
 
@@ -29,15 +29,17 @@ import torch_baseline  # noqa: E402
 
 from grok_jax.config import base_config  # noqa: E402
 from grok_jax.data import split_sizes  # noqa: E402
-from grok_jax import sweep  # noqa: E402
-from grok_jax.sweep import run_sweep  # noqa: E402
+from grok_jax import execution, plan as planning  # noqa: E402
+from grok_jax.execution import run_sweep  # noqa: E402
+
+grok_jax.use_cpu_cores()  # as the command line does, before anything runs JAX
 
 QUIET = dict(progress=False, log=lambda s: None)
 
 
 def matmul_rate(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
     """Best float32 FLOP/s of a large square matmul on the default device."""
-    return max(sweep.matmul_rate(n, reps) for n in sizes)
+    return max(execution.matmul_rate(n, reps) for n in sizes)
 
 
 def config(p: int, width: int, alpha: float, steps: int, log_every: int | None = None, **sweep):
@@ -62,10 +64,10 @@ def timed(c, results: list | None = None, **kw) -> float:
 def chunk_programs(c, lanes_per_device: int | None = None) -> tuple[Callable, list]:
     """The sweep's compiled chunk program for config ``c`` (run once) and its chunks."""
     devices = jax.devices()
-    plan = sweep.make_plan(c, 4.0, len(devices), lanes_per_device, devices[0].platform)
-    mesh = sweep.make_mesh(plan, devices)
-    chunks = [sweep.chunk_lanes(plan, chunk, mesh) for chunk in plan.chunks]
-    program, _ = sweep.compiled_train(c, plan.chunks[0].n_max, chunks[0], mesh)
+    plan = planning.make_plan(c, 4.0, len(devices), lanes_per_device, devices[0].platform)
+    mesh = execution.make_mesh(plan, devices)
+    chunks = [execution.chunk_lanes(plan, chunk, mesh) for chunk in plan.chunks]
+    program = execution.compiled_train(c, plan.chunks[0].n_max, chunks[0], mesh)[0]
     jax.block_until_ready(program(chunks[0]))
     return program, chunks
 
@@ -206,7 +208,7 @@ def bench_compile_groups(steps: int) -> None:
     for groups in (1, 8):
         c = config(97, 500, 0.5, steps)
         c.sweep.alpha, c.compile_groups = alphas, groups
-        n_groups = len(sweep.make_plan(c, 4.0, len(jax.devices())).group_sizes)
+        n_groups = len(planning.make_plan(c, 4.0, len(jax.devices())).group_sizes)
         first = timed(c)  # compiles
         again = timed(c)  # every program cached
         rows.append((f"compile_groups={groups}: {n_groups} program(s)",

@@ -1,4 +1,4 @@
-"""Default settings shared by every grid in ``sweeps/`` and their validation."""
+"""Default settings shared by every grid in ``grok_jax/grids/`` and their validation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import ml_collections
 from grok_jax.data import check_task, split_sizes
 from grok_jax.errors import ConfigError
 
-SWEEPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps")
+GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")  # installed with the package
 # Settings a sweep may vary per lane inside one compiled program (traced values).
 TRACED_AXES = ("seed", "xi", "wd", "alpha", "dropout", "lr")
 SCALES = ("small", "paper")
@@ -189,20 +189,20 @@ def axis_values(config: ml_collections.ConfigDict, name: str) -> tuple:
 
 
 def available_grids() -> list[str]:
-    """Names of the grids shipped in ``sweeps/``."""
-    names = os.listdir(SWEEPS_DIR) if os.path.isdir(SWEEPS_DIR) else []
+    """Names of the grids shipped in ``grok_jax/grids/``."""
+    names = os.listdir(GRIDS_DIR)
     return sorted(n[:-3] for n in names if n.endswith(".py") and not n.startswith("_"))
 
 
 def grid_path(grid: str) -> str:
-    """The config file of a grid: a name in ``sweeps/`` or a path to a ``.py`` file."""
+    """The config file of a grid: a name in ``grok_jax/grids/`` or a path to a ``.py`` file."""
     if grid.endswith(".py"):
         if not os.path.isfile(grid):
             raise ConfigError(f"grid file {grid!r} does not exist")
         return os.path.abspath(grid)
-    path = os.path.join(SWEEPS_DIR, f"{grid}.py")
+    path = os.path.join(GRIDS_DIR, f"{grid}.py")
     if not os.path.isfile(path):
-        valid = ", ".join(available_grids()) or f"none found in {SWEEPS_DIR} (install with pip install -e)"
+        valid = ", ".join(available_grids())
         raise ConfigError(f"unknown grid {grid!r}; valid grids: {valid}")
     return path
 

@@ -146,10 +146,22 @@ def remove_leftovers(path: str, log: Callable[[str], None] = print) -> None:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
+def stored_layout(path: str) -> dict | None:
+    """The layout a store was written with (see :func:`prepare`), or ``None`` when
+    there is no store or it records none (stores of earlier versions)."""
+    try:
+        return json.loads(_open(path).attrs["layout"])
+    except Exception:  # noqa: BLE001 - no store, or none recorded: prepare() says which
+        return None
+
+
 def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], lanes_per_chunk: int,
-            resumable: tuple[str, ...] = (), log: Callable[[str], None] = print) -> np.ndarray:
+            resumable: tuple[str, ...] = (), log: Callable[[str], None] = print,
+            layout: dict | None = None) -> np.ndarray:
     """Creates the store at ``path``, or opens it to resume (under :func:`exclusive`);
-    returns the mask of the lanes already committed.
+    returns the mask of the lanes already committed. ``layout`` (JSON-able: the
+    platform and each compile group's layout) is recorded in a resumed store that
+    has none (a new one has it from ``make_empty``).
 
     An existing store must hold results of the same config up to the ``resumable``
     fields, whose new values are then recorded in its attributes; otherwise a
@@ -180,6 +192,8 @@ def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], l
     _check_writable(path)
     if any(old.get(k) != new.get(k) for k in resumable):
         _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in resumable}}, sort_keys=True))
+    if layout is not None and "layout" not in ds.attrs:
+        _set_attr(path, "layout", json.dumps(layout, sort_keys=True))
     empty_done = done & ~_has_results(ds)
     if empty_done.any():
         log(f"warning: {int(empty_done.sum())} lane(s) of {path} were marked done without results "

@@ -2,15 +2,26 @@
 
 import os
 import sys
+import tempfile
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # for numpy_reference
+# The command lines the tests start keep their compilation cache in a directory of
+# this session, not the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="grok_jax_test_cache_")
+
+import jax  # noqa: E402
+
+# Two CPU devices in-process, whatever the machine (the command line takes one per
+# core): sweeps in the tests shard over both, and their chunk counts are fixed.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    jax.config.update("jax_num_cpu_devices", 2)
 
 
 @pytest.fixture
 def tiny():
-    """The ``sweeps/tiny.py`` grid: 2 wd × 2 ξ × 2 seeds at p = 11, N = 32, 60 steps."""
+    """The ``grok_jax/grids/tiny.py`` grid: 2 wd × 2 ξ × 2 seeds at p = 11, N = 32, 60 steps."""
     from grok_jax.config import load_config
 
     return load_config("tiny")

@@ -31,5 +31,9 @@ def normals(seed: int, p: int, width: int) -> dict[str, np.ndarray]:
 
 def dropout(seed: int, t: int, pairs: np.ndarray, width: int) -> np.ndarray:
     """Step ``t``'s uniforms for the rows of ``pairs``, shape (len(pairs), width)."""
-    step = jax.random.fold_in(key(seed, "dropout"), t)
+    return dropout_from_key(jax.random.fold_in(key(seed, "dropout"), t), pairs, width)
+
+
+def dropout_from_key(step: jax.Array, pairs: np.ndarray, width: int) -> np.ndarray:
+    """The uniforms a step with key ``step`` draws: one key per pair index."""
     return np.asarray(jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(step, i), (width,)))(pairs))

@@ -25,11 +25,11 @@ import draws  # noqa: E402
 import numpy_reference as ref  # noqa: E402
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_grid.json")
-# The tiny grid's p, width and α with these axes: lr 0 never learns (Confusion), wd 50
+# The tiny grid's p, width and α with these axes: lr 1e-5 learns nothing (Confusion), wd 50
 # collapses the weights (Forgetting), wd 2 at ξ 0 groks (Coexistence), the rest
 # memorize (Memorization).
 SETTINGS = dict(p=11, width=32, alpha=0.6, steps=1000, log_every=100)
-AXES = {"lr": (0.0, 0.01), "wd": (0.0, 2.0, 50.0), "xi": (0.0, 0.3)}
+AXES = {"lr": (1e-5, 0.01), "wd": (0.0, 2.0, 50.0), "xi": (0.0, 0.3)}
 FIELDS = ("train_loss", "test_loss", "train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc",
           "weight_norm", "ipr")
 

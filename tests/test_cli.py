@@ -10,6 +10,7 @@ import pytest
 
 import grok_jax
 from grok_jax import sweep
+from grok_jax.plan import make_plan
 
 
 def _run(*args, env=None):
@@ -133,7 +134,7 @@ def test_bad_input_is_one_line_before_anything_is_written(args, needle, status, 
 
 
 def test_a_huge_memory_budget_is_no_limit(tiny):
-    plan = sweep.make_plan(tiny, memory_gb=1e300, n_devices=2)
+    plan = make_plan(tiny, memory_gb=1e300, n_devices=2)
     assert [len(c.lanes) for c in plan.chunks] == [8]
 
 

@@ -122,6 +122,7 @@ def test_bad_fractions_are_one_line_errors(kwargs, needle):
 
 def _chi2_sf_even(x: float, df: int) -> float:
     """P(χ² > x) for an even number of degrees of freedom (a finite series)."""
+    assert df % 2 == 0, df
     half = x / 2
     return math.exp(-half) * sum(half**k / math.factorial(k) for k in range(df // 2))
 

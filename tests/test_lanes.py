@@ -15,12 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from grok_jax import sweep
+from grok_jax.execution import run_sweep
+from grok_jax.plan import make_plan
+import numpy_reference as ref
+
+from grok_jax import execution, phases
 from grok_jax.config import base_config, static_config
 from grok_jax.data import split_sizes
 from grok_jax.train import Lane, make_train
 
-AXES = {"seed": (0, 1), "alpha": (0.4, 0.6), "wd": (0.0, 3.0), "xi": (0.0, 0.3)}  # α groups interleave
+AXES = {"seed": (0, 1), "alpha": (0.4, 0.6), "xi": (0.0, 0.3), "dropout": (0.0, 0.3)}  # α groups interleave
 # Measured: a lane in a sweep (vmapped, padded, row-blocked) differs from the same
 # run alone by at most 2.5e-7 relative; any two lanes' runs differ by 8.7e-3 and more.
 RTOL = 2e-5
@@ -28,7 +32,7 @@ RTOL = 2e-5
 
 def _config():
     config = base_config()
-    config.update(p=11, width=16, steps=20, log_every=10, compile_groups=2)
+    config.update(p=11, width=16, steps=20, log_every=10, compile_groups=2, wd=1.0)
     for name, values in AXES.items():
         config.sweep[name] = values
     return config
@@ -42,8 +46,8 @@ def alone():
     for i, combo in enumerate(itertools.product(*AXES.values())):
         v = dict(zip(AXES, combo))
         n_train, n_corrupt = split_sizes(v["alpha"], v["xi"], config.task, config.p)
-        lane = Lane(jnp.int32(v["seed"]), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(v["wd"]),
-                    jnp.float32(config.lr), jnp.float32(0.0))
+        lane = Lane(jnp.int32(v["seed"]), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
+                    jnp.float32(config.lr), jnp.float32(v["dropout"]))
         if n_train not in programs:  # one program per training-set size
             programs[n_train] = jax.jit(make_train(static, n_train))
         runs[i] = jax.tree.map(np.asarray, programs[n_train](lane))
@@ -51,17 +55,30 @@ def alone():
 
 
 @pytest.mark.parametrize("lanes_per_device", [1, 2, 3])
-def test_every_lane_of_every_chunk_is_its_own_run(alone, lanes_per_device, tmp_path):
+def test_every_lane_of_every_chunk_is_its_own_run(alone, lanes_per_device, tmp_path, monkeypatch):
     config = _config()
-    plan = sweep.make_plan(config, 4.0, len(jax.devices()), lanes_per_device, "cpu")
+    assert len(jax.devices()) == 2  # conftest
+    plan = make_plan(config, 4.0, 2, lanes_per_device, "cpu")
     assert len(plan.chunks) >= 3 and len(plan.group_sizes) == 2
-    ds = sweep.run_sweep(config, out=str(tmp_path), lanes_per_device=lanes_per_device, progress=False,
-                         log=lambda s: None)
+    classified = []  # (ξ the sweep classified each lane with, that lane's train loss)
+    classify = phases.classify_log
+
+    def classify_log(log, xi):
+        classified.extend(zip(xi, log["train_loss"]))
+        return classify(log, xi)
+
+    monkeypatch.setattr(execution.phases, "classify_log", classify_log)
+    ds = run_sweep(config, out=str(tmp_path), lanes_per_device=lanes_per_device, progress=False,
+                   log=lambda s: None)
     flat = ds.stack(lane=list(AXES)).transpose("lane", ...)  # C order of the grid
     for i, (log, final) in alone.items():
         for name, values in {**log, **final}.items():
             got = flat[name].values[i]
             np.testing.assert_allclose(got, values, rtol=RTOL, atol=1e-7, err_msg=f"lane {i}: {name}")
+        xi = float(flat.xi[i])
+        assert phases.PHASES[int(flat.phase[i])] == ref.phase(log, xi), i  # the NumPy reference's Table 2
+        (with_xi,) = [x for x, loss in classified if np.allclose(loss, log["train_loss"], rtol=RTOL)]
+        assert with_xi == xi, i
 
 
 def test_lanes_differ_by_far_more_than_the_tolerance(alone):

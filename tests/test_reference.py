@@ -5,14 +5,18 @@ import numpy as np
 import reference
 
 from grok_jax import phases
-from grok_jax.sweep import run_sweep
+from grok_jax.execution import run_sweep
 
-# 1000 steps in float32 against float64 drift apart (measured: final train loss 2.3e-6,
-# test loss 7e-3, weight norm 1% (0.1 of 10), IPR 0.03, test accuracy 0.06); the
-# tolerances are 2-5x that, far below the spread between lanes. Where weight decay
-# drove the weights to ~1e-42 (float64; exactly 0 in float32) the logits tie and the
-# accuracies say nothing: those lanes are compared by phase and collapse only.
-ATOL = {"train_loss": 1e-5, "test_loss": 2e-2, "test_acc": 0.15, "ipr": 0.1}
+# 1000 steps in float32 against float64 drift apart. Measured on the lanes whose
+# weights did not collapse: every training-set accuracy (train, corrupted, inversion,
+# clean) the same count at every logged step; test accuracy within 1 of 49 pairs;
+# final train loss 2.3e-6, test loss 7e-3, weight norm 1.1%, IPR 0.03 apart. The drift
+# is chaotic, so the margins on the continuous values are 3-4x, not 10-100x. Where
+# weight decay drove the weights to ~1e-42 (float64; exactly 0 in float32) the logits
+# tie and the accuracies say nothing: those lanes are compared by phase and collapse.
+COUNTS = ("train_acc", "corrupt_acc", "inversion_acc", "clean_acc")
+TEST_PAIRS_OFF = 2  # of the test accuracy, in pairs
+ATOL = {"train_loss": 1e-5, "test_loss": 2e-2, "ipr": 0.1}
 NORM_RTOL = 0.03
 
 
@@ -21,19 +25,28 @@ def test_reference_is_what_the_numpy_reference_computes():
 
 
 def test_reference_grid_discriminates():
-    assert len({lane["phase"] for lane in reference.load()}) >= 4
+    lanes = reference.load()
+    assert len({lane["phase"] for lane in lanes}) >= 4
+    assert len({tuple(lane["final"].values()) for lane in lanes}) == len(lanes)  # no two lanes alike
 
 
 def test_sweep_matches_the_reference():
     ds = run_sweep(reference.config(), progress=False, log=lambda s: None)
-    flat = ds.stack(lane=list(reference.AXES)).transpose("lane", ...).isel(step=-1)
+    flat = ds.stack(lane=list(reference.AXES)).transpose("lane", ...)
+    n_test = reference.SETTINGS["p"] ** 2 - int(reference.SETTINGS["alpha"] * reference.SETTINGS["p"] ** 2 + 1e-9)
     for i, want in enumerate(reference.load()):
         where = {k: want[k] for k in reference.AXES}
-        assert phases.PHASES[int(flat.phase[i])] == want["phase"], where
-        norm = float(flat.weight_norm[i])
+        final = flat.isel(lane=i, step=-1)
+        assert phases.PHASES[int(final.phase)] == want["phase"], where
         if want["final"]["weight_norm"] < 1e-6:  # collapsed, in both
-            assert norm < 1e-6, where
+            assert float(final.weight_norm) < 1e-6, where
             continue
-        np.testing.assert_allclose(norm, want["final"]["weight_norm"], rtol=NORM_RTOL, err_msg=str(where))
+        np.testing.assert_allclose(float(final.weight_norm), want["final"]["weight_norm"], rtol=NORM_RTOL)
         for name, atol in ATOL.items():
-            np.testing.assert_allclose(float(flat[name][i]), want["final"][name], atol=atol, err_msg=f"{where} {name}")
+            np.testing.assert_allclose(float(final[name]), want["final"][name], atol=atol, err_msg=f"{where} {name}")
+        for name in COUNTS:
+            got, expected = float(final[name]), want["final"][name]
+            assert np.isnan(got) == np.isnan(expected) and (np.isnan(got) or np.float32(expected) == got), where
+        np.testing.assert_array_equal(flat.train_acc.values[i], np.float32(want["train_acc"]))
+        off = np.abs(flat.test_acc.values[i] - np.asarray(want["test_acc"])) * n_test
+        assert off.max() <= TEST_PAIRS_OFF + 1e-3, (where, off)

@@ -7,7 +7,8 @@ import zarr
 import grok_jax
 from grok_jax import phases
 from grok_jax.plotting import phase_table, save_figures
-from grok_jax.sweep import make_plan, run_sweep
+from grok_jax.execution import run_sweep
+from grok_jax.plan import make_plan
 
 QUIET = dict(progress=False, log=lambda s: None)
 

@@ -15,7 +15,7 @@ import zarr
 
 from grok_jax import results
 from grok_jax.errors import ConfigError
-from grok_jax.sweep import run_sweep
+from grok_jax.execution import run_sweep
 
 # 16 lanes in 4 chunks of 2 lanes on each of 2 devices; no timed layout choice
 # (several lanes per device), so every run of it gives the same numbers.
@@ -43,9 +43,8 @@ def stopped(tmp_path_factory):
     """An uninterrupted run, and per fault: the run stopped by it, its store then,
     the files beside it, and the same command run again; two at a time."""
     tmp = tmp_path_factory.mktemp("faults")
-    # Programs from a compilation cache of their own (the same programs: seconds less per run).
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_COMPILATION_CACHE_DIR=str(tmp / "cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    # The runs share the session's compilation cache (conftest): seconds less per run.
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     ref = _sweep(tmp / "ref", env)
     assert ref.returncode == 0, ref.stderr
 

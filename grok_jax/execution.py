@@ -1,0 +1,365 @@
+"""Execution: compiled chunk programs, the chunk pipeline, progress, the sweep.
+
+``run_sweep`` plans the grid (:mod:`grok_jax.plan`), takes each compile group's
+layout (:mod:`grok_jax.layouts`), compiles ``jit(shard_map(vmap(train)))`` once per
+group and shape and reuses it for every chunk and for later grids of the same
+shapes, and trains the chunks one after another while the host stores the last
+(:mod:`grok_jax.results`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from grok_jax import config as cfg
+from grok_jax import layouts, phases, results
+from grok_jax.errors import ConfigError
+from grok_jax.plan import Chunk, Plan, flops_per_lane, make_plan
+from grok_jax.train import Lane, make_train
+
+# A chunk reports progress from inside its program (a host callback, ~0.1-0.2 ms per
+# device on a CPU) at most once per this many seconds of its estimated work, and at
+# most 25 times; a shorter chunk advances the progress bar only when it finishes.
+REPORT_SECONDS = 1.0
+# FLOP/s the number of reports assumes, per platform: a fixed figure rather than a
+# measured one, so that a program's structure never depends on a timing (and the
+# persistent compilation cache finds it again). A 2-core CPU VM does 0.5-1.5e11.
+NOMINAL_RATE = {"cpu": 1e11, "gpu": 1e14, "tpu": 1e14}
+# Fields that change a lane's results at most by rounding (compile groups change only
+# the padding) or not at all (plot): a store may be resumed with other values. (Its
+# recorded layout, compile groups included, is reused.)
+RESUMABLE = ("plot", "compile_groups")
+
+
+class ProgramKey(NamedTuple):
+    """What a compiled chunk program depends on (the cache key of :data:`_PROGRAMS`)."""
+
+    static: Any  # the static config
+    n_max: int
+    lanes: int  # lanes per chunk
+    devices: tuple
+    layout: layouts.Layout
+    reports: int  # progress reports per run
+
+
+_PROGRAMS: dict[ProgramKey, Callable] = {}
+
+
+class _Progress:
+    """Host-side state of the progress bar, advanced by the compiled programs'
+    per-block callback (a cached program keeps calling the same function)."""
+
+    bar: Any = None
+    log_every = 1
+    blocks = 0  # blocks of the current chunk already counted
+    lock = threading.Lock()  # devices call back from their own threads
+
+
+def _on_log(block: np.ndarray) -> None:
+    # With several devices each calls back once per block: count the furthest.
+    done = int(block) + 1
+    with _Progress.lock:
+        if _Progress.bar is not None and done > _Progress.blocks:
+            _Progress.bar.update((done - _Progress.blocks) * _Progress.log_every)
+            _Progress.blocks = done
+
+
+def progress_reports(config: Any, n_max: int, lanes_per_device: int, platform: str) -> int:
+    """Progress reports per run of a chunk program: one per :data:`REPORT_SECONDS`
+    of its estimated work at the platform's :data:`NOMINAL_RATE`, at most 25.
+
+    Example:
+      >>> progress_reports(config, n_max=4704, lanes_per_device=1, platform="cpu")  # p 97, N 500, 2000 steps
+      25
+    """
+    seconds = flops_per_lane(config, n_max) * lanes_per_device / NOMINAL_RATE.get(platform, 1e14)
+    return min(25, int(seconds / REPORT_SECONDS))
+
+
+def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> layouts.Layout:
+    """The layout of a chunk of ``n_lanes`` lanes of group ``n_max`` sharded over ``mesh``."""
+    return layouts.layout(mesh.devices.flat[0].platform, n_max, config.width, config.p, n_lanes // mesh.size,
+                          config.batchnorm)
+
+
+def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh,
+                   progress: bool = False) -> tuple[Callable, float, bool]:
+    """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
+    per device) for these static settings and shapes, the seconds spent on it now
+    (0 when it was compiled before in this process), and whether it came from the
+    persistent compilation cache. With ``progress`` it reports to the progress bar
+    while it runs (if it runs long)."""
+    static = cfg.static_config(config)
+    sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+    layout = chunk_layout(static, n_max, len(lanes.seed), mesh)
+    platform = mesh.devices.flat[0].platform
+    reports = progress_reports(static, n_max, layout.lanes_per_device, platform) if progress else 0
+    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), layout, reports)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key], 0.0, False
+    start, hits = time.perf_counter(), _CacheHits.count
+    # shard_map: each device runs train on its own lanes, with no collective (left to
+    # the SPMD partitioner, the inputs of the IPR were gathered onto every device).
+    # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
+    # constant initial scale would trip it).
+    spec = PartitionSpec("lanes")
+    train = make_train(static, n_max, on_log=_on_log, row_blocks=layout.row_blocks, reports=reports,
+                       columns=layout.columns)
+    sharded = jax.shard_map(_per_device(train, layout.lanes_per_device), mesh=mesh, in_specs=(spec,),
+                            out_specs=spec, check_vma=False)
+    _PROGRAMS[key] = jax.jit(sharded, in_shardings=(sharding,)).lower(lanes).compile()
+    return _PROGRAMS[key], time.perf_counter() - start, _CacheHits.count > hits
+
+
+class _CacheHits:
+    """Programs loaded from JAX's persistent compilation cache in this process."""
+
+    count = 0
+
+
+def _count_cache_hit(event: str, **_: Any) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _CacheHits.count += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_hit)
+
+
+def default_cache_dir() -> str:
+    """``$XDG_CACHE_HOME/grok_jax/jax`` (default ``~/.cache/grok_jax/jax``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "grok_jax", "jax")
+
+
+def use_compilation_cache(path: str | None = None) -> None:
+    """Keeps compiled programs in JAX's persistent cache at ``path`` (default
+    :func:`default_cache_dir`), so that a later process running the same shapes
+    loads them instead of compiling (seconds each on a CPU). The command line calls
+    it unless ``--compilation_cache=``; a library user calls it once, before the
+    first sweep. Every program is cached, however fast it compiled."""
+    path = path or default_cache_dir()
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _per_device(train: Callable, lanes: int) -> Callable:
+    """``vmap(train)``, or for one lane per device ``train`` itself on that lane.
+
+    Without a lane axis of size one XLA emits plain gathers and scatters (no lane
+    index in every gather index) and fuses the backward gathers into their
+    consumer: with the readout's backward of :mod:`grok_jax.models`, about 10%
+    less time per step at p 31, N 128 on a CPU core.
+    """
+    if lanes > 1:
+        return jax.vmap(train)
+    return lambda lane: jax.tree.map(lambda x: x[None], train(jax.tree.map(lambda x: x[0], lane)))
+
+
+def make_mesh(plan: Plan, devices: list) -> Mesh:
+    """A 1-D mesh ``("lanes",)`` over the devices the plan's chunks are sized for."""
+    return Mesh(np.asarray(devices[: plan.n_devices]), ("lanes",))
+
+
+def chunk_lanes(plan: Plan, chunk: Chunk, mesh: Mesh) -> Lane:
+    """The per-lane values of ``chunk``, sharded along the lanes over ``mesh`` (a
+    group's last chunk is padded with copies of a lane: same shape, no recompile)."""
+    sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+    return Lane(*(jax.device_put(a[chunk.lanes], sharding) for a in plan.lanes))
+
+
+def run_sweep(
+    config: ml_collections.ConfigDict,
+    out: str | None = None,
+    memory_gb: float = 4.0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    lanes_per_device: int | None = None,
+):
+    """Runs every lane of the grid; returns the results as an ``xarray.Dataset``.
+
+    Chunks hold, per device, as many lanes as fit in ``memory_gb`` of its memory,
+    and at most ``lanes_per_device`` (default:
+    :func:`grok_jax.layouts.default_lanes_per_device`, 1 on CPU, 4 for tiny
+    problems, unlimited on accelerators).
+
+    With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
+    as they finish. If that store exists with the same config, its finished
+    chunks are kept and skipped, and the rest run in the layout recorded in it
+    (compile groups and lanes per device; another platform is refused), so that a
+    resumed store equals an uninterrupted one; with another config (other than
+    ``plot`` and ``compile_groups``) it is an error and nothing is touched. One run
+    at a time writes a store: a second one is refused
+    (:func:`grok_jax.results.exclusive`).
+
+    Example:
+      >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi")
+      >>> ds.phase.to_pandas()                   # wd × xi table of phase codes
+    """
+    cfg.check_config(config)  # before touching devices: bad input fails fast
+    devices = jax.devices()
+    platform = devices[0].platform
+    plan = make_plan(config, memory_gb, len(devices), lanes_per_device, platform)
+    config_json = config.to_json(sort_keys=True)
+    if not out:
+        mesh = make_mesh(plan, devices)
+        return _sweep(config, config_json, plan, mesh, None, np.zeros(plan.n_lanes, bool), progress, log)
+    path = results.store_path(out)
+    with results.exclusive(path):
+        stored = results.stored_layout(path)
+        if stored is not None:
+            plan = _resume_plan(config, memory_gb, devices, stored, plan, log)
+        mesh = make_mesh(plan, devices)
+        done = results.prepare(path, config_json, lambda: _empty_results(config, config_json, plan, mesh),
+                               len(plan.chunks[0].lanes), RESUMABLE, log, layout=_layout_record(config, plan, mesh))
+        _sweep(config, config_json, plan, mesh, path, done, progress, log)
+    return results.load_results(path)
+
+
+def _layout_record(config: Any, plan: Plan, mesh: Mesh) -> dict:
+    """The platform and every compile group's layout, as the store records them."""
+    groups = {str(c.n_max): chunk_layout(config, c.n_max, len(c.lanes), mesh)._asdict() for c in plan.chunks}
+    return {"platform": mesh.devices.flat[0].platform, "groups": groups}
+
+
+def _resume_plan(config: Any, memory_gb: float, devices: list, stored: dict, plan: Plan,
+                 log: Callable[[str], None]) -> Plan:
+    """The plan of a resumed store: its recorded compile groups and lanes per device."""
+    platform = devices[0].platform
+    if stored["platform"] != platform:
+        raise ConfigError(f"the store was written on {stored['platform']}; resuming it on {platform} would mix "
+                          "layouts (rounding); resume on that platform, or choose another --out")
+    groups = {int(n): g["lanes_per_device"] for n, g in stored["groups"].items()}
+    resumed = make_plan(config, memory_gb, len(devices), platform=platform, groups=groups)
+    if [(c.n_max, c.lanes.tolist()) for c in resumed.chunks] != [(c.n_max, c.lanes.tolist()) for c in plan.chunks]:
+        log(f"resuming in the store's layout: n_train padded to {', '.join(map(str, sorted(groups)))}, "
+            f"{'/'.join(str(groups[n]) for n in sorted(groups))} lane(s) per device")
+    return resumed
+
+
+def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | None, done: np.ndarray,
+           progress: bool, log: Callable[[str], None]):
+    """Runs the lanes not ``done``: into the store at ``path``, or, without one,
+    returns the results."""
+    _print_plan(config, plan, list(mesh.devices.flat), done, log)
+    pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
+    collected: list[tuple] = []
+
+    def finish(chunk: Chunk, outputs: tuple) -> None:
+        """Host side of a finished chunk: drop the padding and the lanes committed
+        before (a chunk may hold some when an earlier run stopped inside it: they
+        are not rewritten), classify, store."""
+        new = np.flatnonzero(~done[chunk.lanes[:chunk.count]])
+        lanes = chunk.lanes[new]
+        out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[new], outputs)
+        phase = phases.classify_log(out_log, plan.xi[lanes])
+        if path:
+            results.write(path, lanes, out_log, out_final, phase)
+        else:
+            collected.append((lanes, out_log, out_final, phase))
+
+    bar = _progress_bar(len(pending) * config.steps, progress)
+    _Progress.bar, _Progress.log_every = bar, config.log_every
+    try:
+        _run_chunks(config, plan, mesh, pending, bar, finish, log, progress)
+    finally:
+        bar.close()
+        _Progress.bar = None
+    return None if path else _in_memory(config, config_json, plan, mesh, collected)
+
+
+def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
+                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None], progress: bool) -> None:
+    """Trains the pending chunks; each is finished on the host while the next trains."""
+    in_flight = None  # (chunk, its outputs)
+    for i, c in enumerate([*pending, None]):
+        if c is not None:
+            chunk = chunk_lanes(plan, c, mesh)
+            program, seconds, cached = compiled_train(config, c.n_max, chunk, mesh, progress)
+            if seconds:
+                columns = chunk_layout(config, c.n_max, len(c.lanes), mesh).columns
+                wide = f"; readout product {columns} columns wide" if columns > config.p else ""
+                how = "loaded from the compilation cache" if cached else "compiled"
+                log(f"{how} in {seconds:.1f} s (n_train padded to {c.n_max}{wide})")
+        if in_flight is not None:
+            jax.block_until_ready(in_flight[1])
+            jax.effects_barrier()  # every progress callback of that chunk has run
+            bar.update(config.steps * i - bar.n)  # in case a callback was dropped
+        if c is not None:
+            bar.set_description(f"chunk {i + 1}/{len(pending)}")
+            _Progress.blocks = 0
+            outputs = program(chunk)  # asynchronous
+        if in_flight is not None:
+            finish(*in_flight)
+        in_flight = (c, outputs) if c is not None else None
+
+
+def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
+    """The flat results of the plan's grid before any lane ran, with its layout."""
+    steps = np.arange(0, config.steps + 1, config.log_every)
+    finals = ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
+    flat = results.empty(config_json, plan.axes, steps, config.width, finals)
+    flat.attrs["layout"] = json.dumps(_layout_record(config, plan, mesh), sort_keys=True)
+    return flat
+
+
+def _in_memory(config: Any, config_json: str, plan: Plan, mesh: Mesh, collected: list[tuple]):
+    """The same dataset as :func:`results.load_results`, without a store."""
+    flat = _empty_results(config, config_json, plan, mesh)
+    for lanes, out_log, out_final, phase in collected:
+        results.fill(flat, lanes, out_log, out_final, phase)
+    return results.to_grid(flat)
+
+
+def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: Callable[[str], None]) -> None:
+    axes = " × ".join(f"{k}[{len(v)}]" for k, v in plan.axes.items()) or "(single run)"
+    flops = sum(flops_per_lane(config, c.n_max) * np.sum(~done[c.lanes[:c.count]]) for c in plan.chunks)
+    n_done = int(done.sum())
+    rate = _matmul_rate_once()
+    groups = plan.group_sizes
+    log(f"grid {axes} = {plan.n_lanes} lanes; p={config.p} N={config.width} steps={config.steps}; "
+        f"{len(groups)} compile group(s) (n_train padded to {', '.join(map(str, groups))})")
+    sizes = sorted({len(c.lanes) for c in plan.chunks})
+    log(f"{len(plan.chunks)} chunk(s) of {'/'.join(map(str, sizes))} lanes on {len(devices)} "
+        f"{devices[0].platform} device(s); {n_done} lanes already done")
+    log(f"estimate: {flops / 1e12:.2f} TFLOP ≈ {flops / rate:.0f} s at the measured matmul rate "
+        f"of {rate / 1e9:.0f} GFLOP/s (a lower bound; compilation extra)")
+
+
+def matmul_rate(n: int = 512, reps: int = 5) -> float:
+    """Float32 FLOP/s of ``reps`` square ``n × n`` matmuls on the default device."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: (x @ x) / n)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a = f(a)
+    a.block_until_ready()
+    return 2.0 * n**3 * reps / (time.perf_counter() - start)
+
+
+@functools.cache
+def _matmul_rate_once() -> float:
+    """The plan's estimate uses one small measurement per process."""
+    return matmul_rate()
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", disable=not enabled, file=sys.stderr, mininterval=1.0)
+
+

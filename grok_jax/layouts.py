@@ -1,0 +1,125 @@
+"""Per-platform layout choices: how a chunk program lays out its work on a device.
+
+Every choice here is a fixed function of the platform and the shapes, never of a
+timing taken during a run, so the same command gives the same numbers every time;
+the choices are recorded in the results store and reused when a sweep resumes.
+Models do not import this module: it changes speed, and results at most by rounding.
+The measurements behind the numbers are in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import NamedTuple
+
+import jax
+
+# On a CPU, a step's gradient is computed over blocks of training rows with about
+# this many bytes of activations (rows × width float32); with the pre-activations
+# and their gradients a block's working set is a few times that, about a core's L2.
+CPU_BLOCK_BYTES = 2**20
+# On a CPU, the readout product for p in this range is padded by zero columns to the
+# next multiple of 8. Measured (the product alone, N 128): p 29, 31, 37, 47 and 61
+# 11-27% faster that way, p 41 and 23 equal, p 53 faster at 64 (56 not measured);
+# p 17 and p 97 slower when padded. See benchmarks/README.md.
+CPU_PADDED_COLUMNS = range(25, 65)
+
+
+class Layout(NamedTuple):
+    """How a chunk program of one compile group lays out its work on a device."""
+
+    lanes_per_device: int  # lanes each device trains at once (vmap over them when > 1)
+    row_blocks: int  # see row_blocks
+    columns: int  # of the readout product (see readout_columns)
+
+
+def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | None:
+    """Most lanes per device in a chunk; ``None``: as many as memory allows.
+
+    Accelerators want wide batches. A CPU core is fastest on one lane at a time
+    (plain matmuls, activations in cache), except for tiny problems, where a few
+    lanes share each chunk's fixed costs. Small grid (64 lanes, 1000 steps, logging
+    every 20), 1 vs 4 lanes per device: p 31, N 128 7.2-7.6 vs 7.8 s; p 17, N 128
+    1.85 vs 2.21 s; p 17, N 64 1.30 vs 1.20 s; p 11, N 32 0.61 vs 0.38 s.
+    """
+    if platform != "cpu":
+        return None
+    return 4 if n_max * width <= 16384 else 1
+
+
+def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool) -> int:
+    """Row blocks of a step's gradient (see :func:`grok_jax.train.make_gradient`).
+
+    A CPU device training one lane at a time computes the gradient over blocks of
+    about :data:`CPU_BLOCK_BYTES` of activations, which stay in cache between the
+    forward and backward passes (p 97, N 500: 9 blocks, 20-25% faster per step).
+    Accelerators want the largest products, batched lanes gained nothing, and
+    BatchNorm couples all rows: one block there.
+
+    Example:
+      >>> row_blocks("cpu", n_max=4704, width=500, lanes_per_device=1, batchnorm=False)
+      9
+    """
+    if platform != "cpu" or lanes_per_device != 1 or batchnorm:
+        return 1
+    return min(n_max, max(1, -(-n_max * width * 4 // CPU_BLOCK_BYTES)))
+
+
+def readout_columns(platform: str, p: int, lanes_per_device: int) -> int:
+    """Columns of the readout product ``h·W`` (see :func:`grok_jax.models.readout`):
+    on a CPU device with one lane, p in :data:`CPU_PADDED_COLUMNS` is rounded up to a
+    multiple of 8; elsewhere ``p``. The padded logits equal the plain ones (zero
+    columns, sliced off).
+
+    Example:
+      >>> readout_columns("cpu", 31, 1), readout_columns("cpu", 97, 1), readout_columns("gpu", 31, 1)
+      (32, 97, 31)
+    """
+    if platform != "cpu" or lanes_per_device != 1 or p not in CPU_PADDED_COLUMNS:
+        return p
+    return -(-p // 8) * 8
+
+
+def layout(platform: str, n_max: int, width: int, p: int, lanes_per_device: int, batchnorm: bool) -> Layout:
+    """The :class:`Layout` of a group's chunks with ``lanes_per_device`` lanes each."""
+    return Layout(lanes_per_device, row_blocks(platform, n_max, width, lanes_per_device, batchnorm),
+                  readout_columns(platform, p, lanes_per_device))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity, capped by a cgroup quota."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def use_cpu_cores() -> bool:
+    """Splits the host into one XLA CPU device per usable core, so that a sweep's
+    cores train different lanes, as GPUs would (one CPU device runs a sweep's small
+    matmuls about half as fast). The command line calls it first thing; call it
+    yourself before anything else runs JAX in your process. It does nothing when you
+    chose a device count (``XLA_FLAGS=--xla_force_host_platform_device_count`` or
+    ``jax_num_cpu_devices``) or JAX has started its backends already; returns whether
+    it set the count. Only the CPU backend is affected.
+
+    Example:
+      >>> import grok_jax
+      >>> grok_jax.use_cpu_cores()   # before any other JAX call
+      True
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    if jax.config.jax_num_cpu_devices != -1:
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", usable_cores())
+    except RuntimeError:  # JAX already ran something: keep the devices it has
+        return False
+    return True

@@ -1,0 +1,89 @@
+"""Execution: the same command gives the same store, a resume reuses the store's
+layout, the compilation cache, what importing grok_jax does, an installed package."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import xarray as xr
+import zarr
+
+from grok_jax import results
+from grok_jax.errors import ConfigError
+from grok_jax.execution import run_sweep
+
+QUIET = dict(progress=False, log=lambda s: None)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "grok_jax.sweep", *args], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def _store(out) -> xr.Dataset:
+    return xr.open_zarr(results.store_path(out), consolidated=False).load()
+
+
+def test_the_same_command_twice_gives_identical_stores(tmp_path):
+    """At p 31 a CPU lane pads its readout product to 32 columns: a layout choice that
+    was once timed, now a rule. The second run loads its program from the cache."""
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    args = ("--grid=tiny", "--config.p=31", "--config.steps=20", "--lanes_per_device=1")
+    first, second = (_cli(*args, f"--out={tmp_path / name}", env=env) for name in ("a", "b"))
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "compiled in" in first.stdout and "32 columns wide" in first.stdout
+    assert "loaded from the compilation cache" in second.stdout and "compiled in" not in second.stdout
+    xr.testing.assert_identical(_store(tmp_path / "a"), _store(tmp_path / "b"))
+    layout = json.loads(_store(tmp_path / "a").attrs["layout"])
+    assert layout["platform"] == "cpu" and {g["columns"] for g in layout["groups"].values()} == {32}
+    off = _cli(*args, f"--out={tmp_path / 'c'}", "--compilation_cache=", env=env)
+    assert off.returncode == 0 and "compiled in" in off.stdout
+
+
+def test_a_resume_keeps_the_stores_layout(tiny, tmp_path):
+    """Resumed with other lanes per device, the rest of the store is computed in the
+    recorded layout: the store equals an uninterrupted run's, bit for bit."""
+    whole = run_sweep(tiny, out=str(tmp_path / "whole"), lanes_per_device=2, **QUIET)
+    run_sweep(tiny, out=str(tmp_path / "cut"), lanes_per_device=2, **QUIET)
+    group = zarr.open_group(results.store_path(tmp_path / "cut"), mode="r+")
+    group["done"][4:] = False  # the second half "crashed"
+    logged = []
+    resumed = run_sweep(tiny, out=str(tmp_path / "cut"), lanes_per_device=1, progress=False, log=logged.append)
+    assert any("resuming in the store's layout" in line for line in logged), logged
+    xr.testing.assert_identical(resumed, whole)
+
+
+def test_a_store_of_another_platform_is_refused(tiny, tmp_path):
+    run_sweep(tiny, out=str(tmp_path), **QUIET)
+    layout = json.loads(_store(tmp_path).attrs["layout"])
+    zarr.open_group(results.store_path(tmp_path), mode="r+").attrs["layout"] = json.dumps({**layout, "platform": "tpu"})
+    with pytest.raises(ConfigError, match="written on tpu; resuming it on cpu"):
+        run_sweep(tiny, out=str(tmp_path), **QUIET)
+
+
+def test_importing_grok_jax_leaves_jax_alone():
+    code = ("import grok_jax, jax; print(jax.config.jax_num_cpu_devices, jax.config.jax_compilation_cache_dir); "
+            "grok_jax.use_cpu_cores(); print(jax.config.jax_num_cpu_devices == len(jax.devices()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["-1", "None", "True"]
+
+
+def test_an_installed_package_finds_its_grids(tmp_path):
+    """``pip install .`` (not editable) ships the grids."""
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), REPO],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr
+    code = "import grok_jax.config as c; print(c.available_grids(), c.load_config('wd_xi').p)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=str(target)))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("]")[0] == "['alpha_xi', 'dropout_xi', 'tiny', 'wd_xi'" and out.stdout.split()[-1] == "41"
+    assert str(target) in subprocess.run([sys.executable, "-c", "import grok_jax; print(grok_jax.__file__)"],
+                                         capture_output=True, text=True, cwd=tmp_path,
+                                         env=dict(os.environ, PYTHONPATH=str(target))).stdout
