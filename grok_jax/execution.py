@@ -94,18 +94,20 @@ def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> layouts.L
                           config.batchnorm)
 
 
-def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh,
-                   progress: bool = False) -> tuple[Callable, float, bool]:
+def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh
+                   ) -> tuple[Callable, float, bool]:
     """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
     per device) for these static settings and shapes, the seconds spent on it now
     (0 when it was compiled before in this process), and whether it came from the
-    persistent compilation cache. With ``progress`` it reports to the progress bar
-    while it runs (if it runs long)."""
+    persistent compilation cache. A long program reports to the progress bar while
+    it runs (:func:`progress_reports`); JAX does not cache programs with such host
+    callbacks, so those (chunks of more than ~25 s of work) compile in every process,
+    a few seconds next to their minutes of work."""
     static = cfg.static_config(config)
     sharding = NamedSharding(mesh, PartitionSpec("lanes"))
     layout = chunk_layout(static, n_max, len(lanes.seed), mesh)
-    platform = mesh.devices.flat[0].platform
-    reports = progress_reports(static, n_max, layout.lanes_per_device, platform) if progress else 0
+    # Computed whether or not a bar is shown, so that the program is the same either way.
+    reports = progress_reports(static, n_max, layout.lanes_per_device, mesh.devices.flat[0].platform)
     key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), layout, reports)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0, False
@@ -148,9 +150,15 @@ def use_compilation_cache(path: str | None = None) -> None:
     :func:`default_cache_dir`), so that a later process running the same shapes
     loads them instead of compiling (seconds each on a CPU). The command line calls
     it unless ``--compilation_cache=``; a library user calls it once, before the
-    first sweep. Every program is cached, however fast it compiled."""
+    first sweep (JAX sets its cache up once per process). Every program without
+    host callbacks is cached, however fast it compiled. Raises ``OSError`` when
+    ``path`` cannot be written."""
     path = path or default_cache_dir()
     os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".write-test-{os.getpid()}")
+    with open(probe, "w") as f:  # raises OSError where JAX would only warn per program
+        f.write("x")
+    os.remove(probe)
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -219,7 +227,8 @@ def run_sweep(
         return _sweep(config, config_json, plan, mesh, None, np.zeros(plan.n_lanes, bool), progress, log)
     path = results.store_path(out)
     with results.exclusive(path):
-        stored = results.stored_layout(path)
+        existing = results.open_to_resume(path, config_json, RESUMABLE)
+        stored = results.stored_layout(existing) if existing is not None else None
         if stored is not None:
             plan = _resume_plan(config, memory_gb, devices, stored, plan, log)
         mesh = make_mesh(plan, devices)
@@ -244,6 +253,11 @@ def _resume_plan(config: Any, memory_gb: float, devices: list, stored: dict, pla
                           "layouts (rounding); resume on that platform, or choose another --out")
     groups = {int(n): g["lanes_per_device"] for n, g in stored["groups"].items()}
     resumed = make_plan(config, memory_gb, len(devices), platform=platform, groups=groups)
+    for n, g in stored["groups"].items():
+        now = layouts.layout(platform, int(n), config.width, config.p, g["lanes_per_device"], config.batchnorm)
+        if now._asdict() != g:  # the rules of layouts.py changed since the store was written
+            raise ConfigError(f"the store was written in layout {g} for n_train {n}, this version would use "
+                              f"{now._asdict()}; finish it with the version that wrote it, or choose another --out")
     if [(c.n_max, c.lanes.tolist()) for c in resumed.chunks] != [(c.n_max, c.lanes.tolist()) for c in plan.chunks]:
         log(f"resuming in the store's layout: n_train padded to {', '.join(map(str, sorted(groups)))}, "
             f"{'/'.join(str(groups[n]) for n in sorted(groups))} lane(s) per device")
@@ -274,7 +288,7 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
     bar = _progress_bar(len(pending) * config.steps, progress)
     _Progress.bar, _Progress.log_every = bar, config.log_every
     try:
-        _run_chunks(config, plan, mesh, pending, bar, finish, log, progress)
+        _run_chunks(config, plan, mesh, pending, bar, finish, log)
     finally:
         bar.close()
         _Progress.bar = None
@@ -282,13 +296,13 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
 
 
 def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
-                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None], progress: bool) -> None:
+                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None]) -> None:
     """Trains the pending chunks; each is finished on the host while the next trains."""
     in_flight = None  # (chunk, its outputs)
     for i, c in enumerate([*pending, None]):
         if c is not None:
             chunk = chunk_lanes(plan, c, mesh)
-            program, seconds, cached = compiled_train(config, c.n_max, chunk, mesh, progress)
+            program, seconds, cached = compiled_train(config, c.n_max, chunk, mesh)
             if seconds:
                 columns = chunk_layout(config, c.n_max, len(c.lanes), mesh).columns
                 wide = f"; readout product {columns} columns wide" if columns > config.p else ""

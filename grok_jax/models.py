@@ -126,7 +126,7 @@ def readout(params: Params, h: jax.Array, stats: BNStats | None = None, columns:
 
     ``columns`` (at least p): the product is computed with ``W`` padded by zero
     columns to this width, which some CPU kernels multiply faster (see
-    :func:`grok_jax.sweep.readout_columns`); the logits are the same.
+    :func:`grok_jax.layouts.readout_columns`); the logits are the same.
     """
     p = params["W"].shape[1]
     if columns is not None and columns < p:

@@ -99,6 +99,10 @@ def make_plan(
         member = np.searchsorted(sizes, lanes.n_train)
         for i, n_max in enumerate(sizes):
             group = np.flatnonzero(member == i)
+            need = groups[int(n_max)] * lane_bytes(config, int(n_max))
+            if len(group) and need > budget:
+                raise ConfigError(f"the store's layout runs {groups[int(n_max)]} lanes per device at n_train "
+                                  f"{n_max}: about {need / 2**30:.3g} GiB, more than --memory_gb={memory_gb:g}")
             if len(group):
                 chunks += _split(group, int(n_max), n_devices, groups[int(n_max)], balance=False)
     else:

@@ -146,13 +146,43 @@ def remove_leftovers(path: str, log: Callable[[str], None] = print) -> None:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def stored_layout(path: str) -> dict | None:
-    """The layout a store was written with (see :func:`prepare`), or ``None`` when
-    there is no store or it records none (stores of earlier versions)."""
-    try:
-        return json.loads(_open(path).attrs["layout"])
-    except Exception:  # noqa: BLE001 - no store, or none recorded: prepare() says which
+def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = ()) -> xr.Dataset | None:
+    """The store at ``path`` if it may be resumed with ``config_json``; ``None`` if
+    there is none. A ``ConfigError`` names what is wrong otherwise (not a store, an
+    old format, another config up to the ``resumable`` fields); nothing is written."""
+    if not os.path.exists(path):
         return None
+    try:
+        ds = _open(path)
+        old, fmt = json.loads(ds.attrs["config"]), int(ds.attrs.get("format", 0))
+        ds["done"]
+    except Exception as e:  # noqa: BLE001 - any unreadable store is refused
+        raise ConfigError(f"{path} exists but is not a complete grok_jax results store "
+                          f"({type(e).__name__}: {e}); choose another --out") from e
+    if fmt != FORMAT:
+        raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
+                          "choose another --out")
+    new = json.loads(config_json)  # numbers compare by value: (0, 5) is (0.0, 5.0); no field may be NaN
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in resumable)
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
+                          "use another --out or the same config to resume")
+    return ds
+
+
+def stored_layout(ds: xr.Dataset) -> dict | None:
+    """The layout a store was written with (see :func:`prepare`), or ``None`` for a
+    store of an earlier version, which records none."""
+    if "layout" not in ds.attrs:
+        return None
+    try:
+        layout = json.loads(ds.attrs["layout"])
+        {int(n): int(g["lanes_per_device"]) for n, g in layout["groups"].items()}  # noqa: B018 - readable?
+        return layout
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"the layout recorded in the store is unreadable ({type(e).__name__}: {e}); "
+                          "choose another --out") from e
 
 
 def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], lanes_per_chunk: int,
@@ -170,29 +200,18 @@ def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], l
     ``done`` was no commit mark, wrote them) are reported and count as not done.
     """
     remove_leftovers(path, log)
-    if not os.path.exists(path):
+    ds = open_to_resume(path, config_json, resumable)
+    if ds is None:
         flat = make_empty()
         create(path, flat, lanes_per_chunk)
         return flat["done"].values
-    try:
-        ds = _open(path)
-        old, fmt, done = json.loads(ds.attrs["config"]), int(ds.attrs.get("format", 0)), ds["done"].values
-    except Exception as e:  # noqa: BLE001 - any unreadable store is refused
-        raise ConfigError(f"{path} exists but is not a complete grok_jax results store "
-                          f"({type(e).__name__}: {e}); choose another --out") from e
-    if fmt != FORMAT:
-        raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
-                          "choose another --out")
-    new = json.loads(config_json)  # numbers compare by value: (0, 5) is (0.0, 5.0); no field may be NaN
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in resumable)
-    if diff:
-        k = diff[0]
-        raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
-                          "use another --out or the same config to resume")
+    old, new, done = json.loads(ds.attrs["config"]), json.loads(config_json), ds["done"].values
     _check_writable(path)
     if any(old.get(k) != new.get(k) for k in resumable):
         _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in resumable}}, sort_keys=True))
     if layout is not None and "layout" not in ds.attrs:
+        log(f"warning: {path} records no layout (an earlier version); its remaining lanes run in this "
+            "version's layout, which may round differently from its finished ones")
         _set_attr(path, "layout", json.dumps(layout, sort_keys=True))
     empty_done = done & ~_has_results(ds)
     if empty_done.any():

@@ -17,6 +17,7 @@ from grok_jax import config as cfg
 from grok_jax import layouts, plotting, results
 from grok_jax.errors import ConfigError, StoreWriteError
 from grok_jax.execution import default_cache_dir, run_sweep, use_compilation_cache
+from grok_jax.plan import check_resources
 
 __all__ = ["main", "run_sweep"]
 
@@ -75,13 +76,20 @@ def main(argv: list[str] | None = None) -> None:
     if target.rstrip("/").endswith(".zarr"):
         _fail(ConfigError(f"--out={target} ends in .zarr: it names the output directory, which holds the "
                           f"store {results.STORE} and the figures; e.g. --out={target.rstrip('/')[:-5]}"))
+    try:  # all input checked before the cache directory is made
+        cfg.check_config(config.value)
+        check_resources(memory.value, per_device.value or None)
+    except ConfigError as e:
+        _fail(e)
     layouts.use_cpu_cores()  # before anything runs JAX
     if cache.value:
         try:
             use_compilation_cache(cache.value)
         except OSError as e:
-            _fail(ConfigError(f"--compilation_cache={cache.value} is not usable ({e.strerror or e}); "
-                              "choose another directory, or '' to compile every time"))
+            if cache.present:
+                _fail(ConfigError(f"--compilation_cache={cache.value} is not usable ({e.strerror or e}); "
+                                  "choose another directory, or '' to compile every time"))
+            print(f"warning: no compilation cache ({cache.value}: {e.strerror or e})", file=sys.stderr)
     store = results.store_path(target)
     try:
         ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None)

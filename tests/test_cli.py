@@ -67,6 +67,7 @@ BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["extra"], "unexpected arguments ['extra']", 2),
     (["--out={tmp}/run.zarr"], "ends in .zarr", 2),
     (["--out=/proc/grok_jax_out"], "/proc", 2),
+    (["--compilation_cache=/proc/grok_jax_cache"], "--compilation_cache=/proc/grok_jax_cache is not usable", 2),
     (["--memory_gb=nan"], "--memory_gb=nan", 2),
     (["--memory_gb=inf"], "--memory_gb=inf", 2),
     (["--memory_gb=0"], "--memory_gb=0", 2),

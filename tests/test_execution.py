@@ -64,6 +64,16 @@ def test_a_store_of_another_platform_is_refused(tiny, tmp_path):
         run_sweep(tiny, out=str(tmp_path), **QUIET)
 
 
+def test_a_store_whose_layout_this_version_would_not_use_is_refused(tiny, tmp_path):
+    run_sweep(tiny, out=str(tmp_path), **QUIET)
+    layout = json.loads(_store(tmp_path).attrs["layout"])
+    for group in layout["groups"].values():
+        group["row_blocks"] += 1  # as if an earlier version's rules had chosen otherwise
+    zarr.open_group(results.store_path(tmp_path), mode="r+").attrs["layout"] = json.dumps(layout)
+    with pytest.raises(ConfigError, match="this version would use"):
+        run_sweep(tiny, out=str(tmp_path), **QUIET)
+
+
 def test_importing_grok_jax_leaves_jax_alone():
     code = ("import grok_jax, jax; print(jax.config.jax_num_cpu_devices, jax.config.jax_compilation_cache_dir); "
             "grok_jax.use_cpu_cores(); print(jax.config.jax_num_cpu_devices == len(jax.devices()))")
