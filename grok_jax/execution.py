@@ -232,8 +232,9 @@ def run_sweep(
         if stored is not None:
             plan = _resume_plan(config, memory_gb, devices, stored, plan, log)
         mesh = make_mesh(plan, devices)
-        done = results.prepare(path, config_json, lambda: _empty_results(config, config_json, plan, mesh),
-                               len(plan.chunks[0].lanes), RESUMABLE, log, layout=_layout_record(config, plan, mesh))
+        done = results.prepare(path, existing, config_json,
+                               lambda: _empty_results(config, config_json, plan, mesh), len(plan.chunks[0].lanes),
+                               RESUMABLE, log, layout=_layout_record(config, plan, mesh))
         _sweep(config, config_json, plan, mesh, path, done, progress, log)
     return results.load_results(path)
 

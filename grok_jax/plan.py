@@ -97,14 +97,15 @@ def make_plan(
         if lanes.n_train.max() > sizes[-1]:
             raise ConfigError(f"the store's compile groups (n_train up to {sizes[-1]}) do not hold this grid")
         member = np.searchsorted(sizes, lanes.n_train)
-        for i, n_max in enumerate(sizes):
-            group = np.flatnonzero(member == i)
-            need = groups[int(n_max)] * lane_bytes(config, int(n_max))
-            if len(group) and need > budget:
-                raise ConfigError(f"the store's layout runs {groups[int(n_max)]} lanes per device at n_train "
-                                  f"{n_max}: about {need / 2**30:.3g} GiB, more than --memory_gb={memory_gb:g}")
-            if len(group):
-                chunks += _split(group, int(n_max), n_devices, groups[int(n_max)], balance=False)
+        for i, n_max in enumerate(map(int, sizes)):
+            group, per_group = np.flatnonzero(member == i), groups[n_max]
+            if not len(group):
+                continue
+            if per_group * lane_bytes(config, n_max) > budget:
+                raise ConfigError(f"the store's layout runs {per_group} lanes per device at n_train {n_max}: about "
+                                  f"{per_group * lane_bytes(config, n_max) / 2**30:.3g} GiB, more than "
+                                  f"--memory_gb={memory_gb:g}")
+            chunks += _split(group, n_max, n_devices, per_group, balance=False)
     else:
         for group in compile_groups(lanes.n_train, config.compile_groups, n_devices):
             n_max = int(lanes.n_train[group].max())

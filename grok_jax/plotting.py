@@ -128,7 +128,8 @@ def plot_fallback(ds: xr.Dataset) -> str | None:
     if not unused or x is None:
         return None
     named = ", ".join(f"plot.{k}={v!r}" for k, v in unused.items())
-    return f"{named} {'is' if len(unused) == 1 else 'are'} not swept; the heatmaps show x={x}" + (f", y={y}" if y else "")
+    shown = f"x={x}" + (f", y={y}" if y else "")
+    return f"{named} {'is' if len(unused) == 1 else 'are'} not swept; the heatmaps show {shown}"
 
 
 def save_figures(ds: xr.Dataset, out: str) -> list[str]:

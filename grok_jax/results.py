@@ -178,33 +178,34 @@ def stored_layout(ds: xr.Dataset) -> dict | None:
         return None
     try:
         layout = json.loads(ds.attrs["layout"])
-        {int(n): int(g["lanes_per_device"]) for n, g in layout["groups"].items()}  # noqa: B018 - readable?
+        if not (isinstance(layout.get("platform"), str)
+                and all(isinstance(g["lanes_per_device"], int) for g in layout["groups"].values())):
+            raise ValueError("no platform, or lanes_per_device not an integer")
         return layout
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"the layout recorded in the store is unreadable ({type(e).__name__}: {e}); "
                           "choose another --out") from e
 
 
-def prepare(path: str, config_json: str, make_empty: Callable[[], xr.Dataset], lanes_per_chunk: int,
-            resumable: tuple[str, ...] = (), log: Callable[[str], None] = print,
+def prepare(path: str, existing: xr.Dataset | None, config_json: str, make_empty: Callable[[], xr.Dataset],
+            lanes_per_chunk: int, resumable: tuple[str, ...] = (), log: Callable[[str], None] = print,
             layout: dict | None = None) -> np.ndarray:
-    """Creates the store at ``path``, or opens it to resume (under :func:`exclusive`);
-    returns the mask of the lanes already committed. ``layout`` (JSON-able: the
-    platform and each compile group's layout) is recorded in a resumed store that
-    has none (a new one has it from ``make_empty``).
+    """Creates the store at ``path``, or takes ``existing`` (from
+    :func:`open_to_resume`, which checked its config) to resume; under
+    :func:`exclusive`. Returns the mask of the lanes already committed.
 
-    An existing store must hold results of the same config up to the ``resumable``
-    fields, whose new values are then recorded in its attributes; otherwise a
-    ``ConfigError`` names the first differing field and the store is left untouched.
+    New values of the ``resumable`` fields, and ``layout`` (JSON-able: the platform
+    and each compile group's layout) where a store of an earlier version has none,
+    are recorded in its attributes (a new store has its layout from ``make_empty``).
     Lanes marked done without results (a crash while an earlier version, whose
     ``done`` was no commit mark, wrote them) are reported and count as not done.
     """
     remove_leftovers(path, log)
-    ds = open_to_resume(path, config_json, resumable)
-    if ds is None:
+    if existing is None:
         flat = make_empty()
         create(path, flat, lanes_per_chunk)
         return flat["done"].values
+    ds = existing
     old, new, done = json.loads(ds.attrs["config"]), json.loads(config_json), ds["done"].values
     _check_writable(path)
     if any(old.get(k) != new.get(k) for k in resumable):

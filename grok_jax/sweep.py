@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         # New attributes allowed so that an axis can be added from the command line
         # (--config.sweep.seed="(0,1,2)"); check_config rejects unknown fields.
-        config = config_flags.DEFINE_config_dict("config", cfg.load_config(grid.value, scale.value),
+        grid_config = cfg.load_config(grid.value, scale.value)  # kept as it is, for _check_overrides
+        config = config_flags.DEFINE_config_dict("config", grid_config.copy_and_resolve_references(),
                                                  "the grid's config", flag_values=fv, lock_config=False,
                                                  accept_new_attributes=True, sys_argv=argv)
         rest = fv(argv)[1:]
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e)
     if rest:
         _fail(ConfigError(f"unexpected arguments {rest}; use --flag=value"))
-    _check_overrides(config.value, cfg.load_config(grid.value, scale.value))
+    _check_overrides(config.value, grid_config)
     std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
     name = os.path.splitext(os.path.basename(grid.value))[0]
     target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))

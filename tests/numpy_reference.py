@@ -204,7 +204,8 @@ def counts(params: dict, data: dict, activation: str = "quad", loss: str = "mse"
     hit, hit_true = unique & (z[np.arange(len(y)), y] == top), unique & (z[np.arange(len(y)), true] == top)
     sets = {"train": slice(0, n_train), "test": slice(n_train, None), "corrupt": slice(0, n_corrupt),
             "clean": slice(n_corrupt, n_train)}
-    out = {"train_loss": (terms[sets["train"]].sum(), n_train), "test_loss": (terms[sets["test"]].sum(), len(y) - n_train)}
+    out = {"train_loss": (terms[sets["train"]].sum(), n_train),
+           "test_loss": (terms[sets["test"]].sum(), len(y) - n_train)}
     for name in ("train", "test", "corrupt"):
         out[f"{name}_acc"] = (int(hit[sets[name]].sum()), len(range(len(y))[sets[name]]))
     out["inversion_acc"] = (int(hit_true[sets["corrupt"]].sum()), n_corrupt)
