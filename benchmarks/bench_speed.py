@@ -208,7 +208,7 @@ def bench_compile_groups(steps: int) -> None:
     for groups in (1, 8):
         c = config(97, 500, 0.5, steps)
         c.sweep.alpha, c.compile_groups = alphas, groups
-        n_groups = len(planning.make_plan(c, 4.0, len(jax.devices())).group_sizes)
+        n_groups = len(planning.make_plan(c, 4.0, len(jax.devices())).compile_groups)
         first = timed(c)  # compiles
         again = timed(c)  # every program cached
         rows.append((f"compile_groups={groups}: {n_groups} program(s)",
@@ -216,11 +216,51 @@ def bench_compile_groups(steps: int) -> None:
     table(f"α grid: 17 α (0.1-0.9), p 97, N 500, {steps} steps, 1 seed, whole-grid wall time", rows)
 
 
+def bench_minibatch(steps: int, batch_size: int = 64, rounds: int = 2) -> None:
+    """Mini-batch training at p 97, N 500: grok_jax's ``batch_size`` sweep vs the
+    baseline's shuffling DataLoader loop, 2 wd × 2 seeds, accuracies only at the end."""
+    p, width, alpha = 97, 500, 0.5
+    axes = dict(wd=(0.0, 1.0), seed=(0, 1))
+    runs = len(axes["wd"]) * len(axes["seed"])
+    c = config(p, width, alpha, steps, **axes)
+    c.batch_size = batch_size  # a field of base_config: 0 = full batch
+    with_compile = timed(c)  # first use of these shapes: compiles
+    datasets: list = []
+    ours, theirs = [], []
+    for _ in range(rounds):  # interleaved, best of each
+        ours.append(timed(c, datasets))
+        results, _ = torch_baseline.run_grid(p, width, alpha, [0.0], list(axes["wd"]), list(axes["seed"]),
+                                             steps, batch_size)
+        theirs.append(sum(r["seconds_train"] for r in results))
+    without, torch_total = min(ours), min(theirs)
+    per_step = lambda seconds: f"{seconds / (runs * steps) * 1e3:.3f} ms per run-step"  # noqa: E731
+    table(f"mini-batch: p {p}, N {width}, α {alpha}, batch {batch_size}, {runs} runs (2 wd × 2 seeds), "
+          f"{steps} steps, wall time of all runs", [
+        ("grok_jax run_sweep incl. compilation", f"{with_compile:.1f} s"),
+        ("grok_jax run_sweep excl. compilation", f"{without:.1f} s (best of {', '.join(f'{t:.1f}' for t in ours)}): "
+                                                 f"{per_step(without)}"),
+        ("PyTorch DataLoader loop", f"{torch_total:.1f} s (sum of the runs' training loops, best of "
+                                    f"{', '.join(f'{t:.1f}' for t in theirs)}): {per_step(torch_total)}"),
+        ("speed-up excl. compilation", f"{torch_total / without:.1f}x"),
+    ])
+    # Different shuffles and draws, same task: seed-mean final accuracies per wd side by side.
+    final = datasets[-1].isel(step=-1).mean("seed")
+    rows = []
+    for wd in axes["wd"]:
+        pairs = [(float(final[name].sel(wd=wd)), np.mean([r[name] for r in results if r["wd"] == wd]))
+                 for name in ("train_acc", "test_acc")]
+        rows.append((f"wd {wd:g}", ", ".join(f"{name} {a:.3f} / {b:.3f}"
+                                             for name, (a, b) in zip(("train", "test"), pairs))))
+    table("mini-batch check: seed-mean final accuracy per wd, grok_jax / PyTorch", rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=1000, help="steps of the small grid")
+    parser.add_argument("--steps", type=int, default=1000,
+                        help="steps of the small grid (groups: a tenth of them, minibatch: twice)")
     parser.add_argument("--paper_lanes", type=int, default=16)
-    parser.add_argument("--only", choices=("paper", "small", "logging", "groups"), help="run one benchmark")
+    parser.add_argument("--only", choices=("paper", "small", "logging", "groups", "minibatch"),
+                        help="run one benchmark")
     args = parser.parse_args()
     devices = jax.devices()
     rate = matmul_rate()
@@ -235,6 +275,8 @@ def main() -> None:
         bench_logging(args.steps)
     if args.only in (None, "groups"):
         bench_compile_groups(args.steps // 10)
+    if args.only in (None, "minibatch"):
+        bench_minibatch(2 * args.steps)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\n# peak RSS of this process: {peak:.2f} GiB")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import itertools
 import math
 import os
 
@@ -11,10 +12,15 @@ import ml_collections
 
 from grok_jax.data import check_task, split_sizes
 from grok_jax.errors import ConfigError
+from grok_jax.models import MODELS
 
 GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")  # installed with the package
 # Settings a sweep may vary per lane inside one compiled program (traced values).
 TRACED_AXES = ("seed", "xi", "wd", "alpha", "dropout", "lr")
+# Settings a sweep may vary that change the program (shapes or code): each
+# combination of their values is a compile group of its own.
+STATIC_AXES = ("model", "task", "p", "width", "activation", "loss", "batch_size")
+SWEEPABLE = TRACED_AXES + STATIC_AXES
 SCALES = ("small", "paper")
 
 
@@ -26,13 +32,20 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     paper = scale == "paper"
     c = ml_collections.ConfigDict()
     c.scale = scale  # which preset the sizes below come from (recorded for titles)
+    c.model = "mlp2"  # model by name, see grok_jax.models.MODELS ("mlp2": the paper's Eq. 1)
     c.task = "add"  # (m ∘ n) mod p with ∘ one of add, sub, mul, div (div needs prime p)
     c.p = 97 if paper else 41  # modulus; the data set is all p² ordered pairs
     c.width = 500 if paper else 128  # hidden width N
     c.activation = "quad"  # φ: "quad" (x², the paper's Eq. 1) or "relu" (App. N)
     c.batchnorm = False  # post-activation BatchNorm with learned scale and shift (Eq. 5)
+    # What BatchNorm's eval mode normalizes with: "running" (PyTorch BatchNorm1d: running
+    # mean and unbiased variance, momentum 0.1) or "full_batch" (all training rows' statistics)
+    c.bn_stats = "running"
     c.loss = "mse"  # "mse" (mean over examples and p outputs, one-hot targets) or "ce"
-    c.steps = 2000 if paper else 1000  # full-batch AdamW steps
+    c.steps = 2000 if paper else 1000  # AdamW steps
+    # rows per step: 0 = full batch; B > 0 = mini-batches of B rows, a fresh random order of
+    # the training rows each epoch, the last batch of an epoch partial (see scale_for_batch)
+    c.batch_size = 0
     c.log_every = 20  # metrics are logged every this many steps (and at step 0)
     c.lr = 0.01  # AdamW learning rate
     c.b1 = 0.9  # AdamW β1
@@ -53,16 +66,17 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
 
 # Python types of the fields (a float field takes an int too; bool is no number).
 FIELD_TYPES = {
-    "scale": str, "task": str, "p": int, "width": int, "activation": str, "batchnorm": bool, "loss": str,
-    "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
+    "scale": str, "model": str, "task": str, "p": int, "width": int, "activation": str, "batchnorm": bool,
+    "bn_stats": str, "loss": str, "batch_size": int, "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
     "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int,
 }
-CHOICES = {"scale": SCALES, "activation": ("quad", "relu"), "loss": ("mse", "ce")}
+CHOICES = {"scale": SCALES, "model": tuple(MODELS), "activation": ("quad", "relu"), "loss": ("mse", "ce"),
+           "bn_stats": ("running", "full_batch")}
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # swept values are float32 arrays on the device
 MAX_P = 46340  # pair indices m·p + n are int32: p² < 2³¹
 PLOT_FIELDS = ("x", "y")
-PLOT_AXES = tuple(a for a in TRACED_AXES if a != "seed")
+PLOT_AXES = tuple(a for a in TRACED_AXES if a != "seed") + ("p", "width", "batch_size")
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -88,21 +102,25 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         _check_value(name, config[name])
     _check_sweep(config)
     _check_plot(config.plot)
-    check_task(config.task, config.p)
     if config.steps % config.log_every:
         raise ConfigError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
-    for alpha in axis_values(config, "alpha"):
-        for xi in axis_values(config, "xi"):
-            split_sizes(alpha, xi, config.task, config.p)
+    for task, p, batch in itertools.product(*(axis_values(config, a) for a in ("task", "p", "batch_size"))):
+        check_task(task, p)
+        for alpha, xi in itertools.product(axis_values(config, "alpha"), axis_values(config, "xi")):
+            n_train, _ = split_sizes(alpha, xi, task, p)
+            if config.batchnorm and batch and n_train % batch == 1:
+                raise ConfigError(f"batch_size={batch} with alpha={alpha} at p={p} leaves a last batch of one "
+                                  f"row in every epoch ({n_train} training pairs), whose BatchNorm statistics are "
+                                  "undefined (PyTorch raises); choose another batch_size")
 
 
 def _check_sweep(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.sweep, (dict, ml_collections.ConfigDict)):
         raise ConfigError(f"sweep must map axis names to tuples of values, not {config.sweep!r}")
     for name in config.sweep:
-        if name not in TRACED_AXES:
-            raise ConfigError(f"cannot sweep {name!r}{_did_you_mean(name, TRACED_AXES)}; "
-                              f"sweepable axes: {', '.join(TRACED_AXES)}")
+        if name not in SWEEPABLE:
+            raise ConfigError(f"cannot sweep {name!r}{_did_you_mean(name, SWEEPABLE)}; "
+                              f"sweepable axes: {', '.join(SWEEPABLE)}")
         values = config.sweep[name]
         if not isinstance(values, (tuple, list)):
             raise ConfigError(f"sweep axis {name!r} must be a tuple of values, e.g. (0, 1), not {values!r}")
@@ -154,6 +172,8 @@ def _range_error(name: str, value) -> str | None:
         return f"is too large: pair indices are int32, p <= {MAX_P}"
     if name in ("steps", "log_every", "width", "compile_groups") and not 1 <= value <= INT32_MAX:
         return f"must be >= 1 (and at most {INT32_MAX})"
+    if name == "batch_size" and not 0 <= value <= INT32_MAX:
+        return "must be >= 0 (0: full batch)"
     if name in ("b1", "b2", "dropout") and not 0.0 <= value < 1.0:
         return "is outside [0, 1)"
     if name == "eps" and not value > 0:
@@ -168,7 +188,8 @@ def _did_you_mean(name: str, valid) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-STATIC_FIELDS = ("task", "p", "width", "activation", "batchnorm", "loss", "steps", "log_every", "b1", "b2", "eps")
+STATIC_FIELDS = ("model", "task", "p", "width", "activation", "batchnorm", "bn_stats", "loss", "batch_size",
+                 "steps", "log_every", "b1", "b2", "eps")
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
@@ -176,11 +197,64 @@ def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenCon
 
     Traced settings (seed, ξ, wd, α, dropout, lr) are left out, so grids that differ
     only in them share one compiled program; ``use_dropout`` says whether the
-    program draws dropout masks at all.
+    program draws dropout masks at all. The static axes of a sweep must be fixed
+    first (:func:`static_groups`).
     """
+    swept = [name for name in STATIC_AXES if name in config.sweep]
+    if swept:
+        raise ValueError(f"static axes {swept} are swept: take one of static_groups(config) first")
     static = {name: config[name] for name in STATIC_FIELDS}
     static["use_dropout"] = any(rate > 0 for rate in axis_values(config, "dropout"))
     return ml_collections.FrozenConfigDict(static)
+
+
+def static_groups(config: ml_collections.ConfigDict) -> list[tuple[dict, ml_collections.ConfigDict]]:
+    """One ``(values, config)`` per combination of the swept static axes, in grid
+    order: ``values`` maps each swept static axis to its value, ``config`` is the
+    grid's config with those values fixed and only the traced axes left swept.
+
+    Example:
+      >>> config.sweep.width = (64, 128)
+      >>> [values for values, _ in static_groups(config)]
+      [{'width': 64}, {'width': 128}]
+    """
+    swept = [name for name in config.sweep if name in STATIC_AXES]
+    groups = []
+    for combo in itertools.product(*(config.sweep[name] for name in swept)):
+        values = dict(zip(swept, combo))
+        group = ml_collections.ConfigDict(config.to_dict())
+        for name, value in values.items():
+            setattr(group, name, value)
+            del group.sweep[name]
+        groups.append((values, group))
+    return groups
+
+
+def scale_for_batch(config: ml_collections.ConfigDict, batch_size: int, reference: int = 256
+                    ) -> ml_collections.ConfigDict:
+    """A copy of ``config`` trained in mini-batches of ``batch_size`` with the
+    paper's scaling (App. A): ``steps × reference/batch_size`` steps (and
+    ``log_every`` likewise, so that as many states are logged) and learning rates
+    ``× sqrt(batch_size/reference)``, swept ones included.
+
+    Example:
+      >>> c = scale_for_batch(load_config("wd_xi"), 64)   # 1000 steps at lr 0.01 ->
+      >>> c.batch_size, c.steps, c.lr                      # (64, 4000, 0.005)
+    """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 to scale for")
+    c = ml_collections.ConfigDict(config.to_dict())
+    factor = reference / batch_size
+    steps, log_every = c.steps * factor, c.log_every * factor
+    if steps != int(steps) or log_every != int(log_every):
+        raise ConfigError(f"steps={c.steps} and log_every={c.log_every} times {reference}/{batch_size} are not "
+                          "integers; choose a batch_size that divides them")
+    c.batch_size, c.steps, c.log_every = batch_size, int(steps), int(log_every)
+    scale = math.sqrt(batch_size / reference)
+    c.lr = c.lr * scale
+    if "lr" in c.sweep:
+        c.sweep.lr = tuple(lr * scale for lr in c.sweep.lr)
+    return c
 
 
 def axis_values(config: ml_collections.ConfigDict, name: str) -> tuple:

@@ -190,3 +190,43 @@ def _pow_mod(base: jax.Array, exp: int, mod: int) -> jax.Array:
         base = (base * base) % mod
         exp >>= 1
     return result
+
+
+def epoch_order(key: jax.Array, n_train: jax.Array, n_max: int, total: int) -> jax.Array:
+    """The order of the training rows in one epoch of mini-batches, ``(n_max,)``:
+    the ``n_train`` real rows in a random order drawn from ``key`` (the epoch's key),
+    then the padding rows, which are never drawn. Random bits are drawn for all
+    ``total`` pairs and cut, so the order does not depend on ``n_max``.
+
+    Example:
+      >>> order = epoch_order(jax.random.key(0), 5, n_max=8, total=121)
+      >>> sorted(order[:5].tolist()), order[5:].tolist()
+      ([0, 1, 2, 3, 4], [5, 6, 7])
+    """
+    bits = jax.random.bits(key, (total,), jnp.uint32)[:n_max] >> 1  # below 2³¹ ...
+    keys = jnp.where(jnp.arange(n_max) < n_train, bits, jnp.uint32(2**31))  # ... and padding last
+    return jnp.argsort(keys, stable=True).astype(jnp.int32)
+
+
+def batches_per_epoch(n_train: jax.Array, batch_size: int) -> jax.Array:
+    """``⌈n_train / batch_size⌉``: the last batch is partial (PyTorch's DataLoader
+    with ``drop_last=False``)."""
+    return (n_train + batch_size - 1) // batch_size
+
+
+def batch_rows(rows: Rows, order: jax.Array, index: jax.Array, batch_size: int, n_train: jax.Array) -> Rows:
+    """Mini-batch ``index`` of an epoch in ``order`` (:func:`epoch_order`): rows
+    ``order[index·B : (index+1)·B]`` of the training rows ``rows``. The last batch
+    of an epoch has ``n_train mod B`` real rows (or B); its other ``B`` slots are
+    masked out (``train`` False), so it is a fixed-shape array of ``B`` rows.
+
+    Example:
+      >>> batch = batch_rows(training_rows(ds, n_max), order, 3, 64, n_train)
+      >>> int(batch.train.sum())   # 64, or fewer in the epoch's last batch
+    """
+    slot = index * batch_size + jnp.arange(batch_size)
+    valid = slot < n_train
+    idx = order[jnp.minimum(slot, order.shape[0] - 1)]
+    take = lambda a: a[idx]  # noqa: E731
+    return Rows(take(rows.m), take(rows.n), take(rows.label), take(rows.true_label), valid,
+                take(rows.corrupt) & valid, jnp.zeros(batch_size, bool), take(rows.pair))

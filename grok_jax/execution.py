@@ -24,8 +24,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grok_jax import config as cfg
-from grok_jax import layouts, phases, results
+from grok_jax import layouts, metrics, phases, results
 from grok_jax.errors import ConfigError
+from grok_jax.models import FinalSpec, final_specs, flat_variables, get_model
 from grok_jax.plan import Chunk, Plan, flops_per_lane, make_plan
 from grok_jax.train import Lane, make_train
 
@@ -89,15 +90,16 @@ def progress_reports(config: Any, n_max: int, lanes_per_device: int, platform: s
 
 
 def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> layouts.Layout:
-    """The layout of a chunk of ``n_lanes`` lanes of group ``n_max`` sharded over ``mesh``."""
+    """The layout of a chunk of ``n_lanes`` lanes of group ``n_max`` (and of the
+    static group of ``config``) sharded over ``mesh``."""
     return layouts.layout(mesh.devices.flat[0].platform, n_max, config.width, config.p, n_lanes // mesh.size,
-                          config.batchnorm)
+                          config.batchnorm, config.batch_size)
 
 
 def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh
                    ) -> tuple[Callable, float, bool]:
     """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
-    per device) for these static settings and shapes, the seconds spent on it now
+    per device) for the static settings of ``config`` (a static group's) and these shapes, the seconds spent on it now
     (0 when it was compiled before in this process), and whether it came from the
     persistent compilation cache. A long program reports to the progress bar while
     it runs (:func:`progress_reports`); JAX does not cache programs with such host
@@ -234,15 +236,17 @@ def run_sweep(
         mesh = make_mesh(plan, devices)
         done = results.prepare(path, existing, config_json,
                                lambda: _empty_results(config, config_json, plan, mesh), len(plan.chunks[0].lanes),
-                               RESUMABLE, log, layout=_layout_record(config, plan, mesh))
+                               RESUMABLE, log, layout=_layout_record(plan, mesh))
         _sweep(config, config_json, plan, mesh, path, done, progress, log)
     return results.load_results(path)
 
 
-def _layout_record(config: Any, plan: Plan, mesh: Mesh) -> dict:
-    """The platform and every compile group's layout, as the store records them."""
-    groups = {str(c.n_max): chunk_layout(config, c.n_max, len(c.lanes), mesh)._asdict() for c in plan.chunks}
-    return {"platform": mesh.devices.flat[0].platform, "groups": groups}
+def _layout_record(plan: Plan, mesh: Mesh) -> dict:
+    """The platform and every compile group's layout, as the store records them:
+    ``groups`` lists each compile group's static group, padded size and layout."""
+    groups = {(c.group, c.n_max): chunk_layout(plan.config(c), c.n_max, len(c.lanes), mesh) for c in plan.chunks}
+    return {"platform": mesh.devices.flat[0].platform,
+            "groups": [{"group": g, "n_max": n, **layout._asdict()} for (g, n), layout in sorted(groups.items())]}
 
 
 def _resume_plan(config: Any, memory_gb: float, devices: list, stored: dict, plan: Plan,
@@ -252,16 +256,20 @@ def _resume_plan(config: Any, memory_gb: float, devices: list, stored: dict, pla
     if stored["platform"] != platform:
         raise ConfigError(f"the store was written on {stored['platform']}; resuming it on {platform} would mix "
                           "layouts (rounding); resume on that platform, or choose another --out")
-    groups = {int(n): g["lanes_per_device"] for n, g in stored["groups"].items()}
+    groups = {(g["group"], g["n_max"]): g["lanes_per_device"] for g in stored["groups"]}
     resumed = make_plan(config, memory_gb, len(devices), platform=platform, groups=groups)
-    for n, g in stored["groups"].items():
-        now = layouts.layout(platform, int(n), config.width, config.p, g["lanes_per_device"], config.batchnorm)
-        if now._asdict() != g:  # the rules of layouts.py changed since the store was written
-            raise ConfigError(f"the store was written in layout {g} for n_train {n}, this version would use "
-                              f"{now._asdict()}; finish it with the version that wrote it, or choose another --out")
-    if [(c.n_max, c.lanes.tolist()) for c in resumed.chunks] != [(c.n_max, c.lanes.tolist()) for c in plan.chunks]:
-        log(f"resuming in the store's layout: n_train padded to {', '.join(map(str, sorted(groups)))}, "
-            f"{'/'.join(str(groups[n]) for n in sorted(groups))} lane(s) per device")
+    for g in stored["groups"]:
+        group_config = resumed.groups[g["group"]].config
+        now = {"group": g["group"], "n_max": g["n_max"], **layouts.layout(
+            platform, g["n_max"], group_config.width, group_config.p, g["lanes_per_device"],
+            group_config.batchnorm, group_config.batch_size)._asdict()}
+        if now != g:  # the rules of layouts.py changed since the store was written
+            raise ConfigError(f"the store was written in layout {g}, this version would use {now}; finish it "
+                              "with the version that wrote it, or choose another --out")
+    if [(c.group, c.n_max, c.lanes.tolist()) for c in resumed.chunks] != [
+            (c.group, c.n_max, c.lanes.tolist()) for c in plan.chunks]:
+        log("resuming in the store's layout: " + ", ".join(
+            f"n_train padded to {n} with {k} lane(s) per device" for (_, n), k in sorted(groups.items())))
     return resumed
 
 
@@ -280,6 +288,8 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
         new = np.flatnonzero(~done[chunk.lanes[:chunk.count]])
         lanes = chunk.lanes[new]
         out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[new], outputs)
+        variables = out_final.pop("variables")
+        out_final.update(flat_variables(variables))
         phase = phases.classify_log(out_log, plan.xi[lanes])
         if path:
             results.write(path, lanes, out_log, out_final, phase)
@@ -287,7 +297,7 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
             collected.append((lanes, out_log, out_final, phase))
 
     bar = _progress_bar(len(pending) * config.steps, progress)
-    _Progress.bar, _Progress.log_every = bar, config.log_every
+    _Progress.bar, _Progress.log_every = bar, config.log_every  # (steps and log_every are never swept)
     try:
         _run_chunks(config, plan, mesh, pending, bar, finish, log)
     finally:
@@ -302,13 +312,13 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
     in_flight = None  # (chunk, its outputs)
     for i, c in enumerate([*pending, None]):
         if c is not None:
-            chunk = chunk_lanes(plan, c, mesh)
-            program, seconds, cached = compiled_train(config, c.n_max, chunk, mesh)
+            chunk, group_config = chunk_lanes(plan, c, mesh), plan.config(c)
+            program, seconds, cached = compiled_train(group_config, c.n_max, chunk, mesh)
             if seconds:
-                columns = chunk_layout(config, c.n_max, len(c.lanes), mesh).columns
-                wide = f"; readout product {columns} columns wide" if columns > config.p else ""
+                columns = chunk_layout(group_config, c.n_max, len(c.lanes), mesh).columns
+                wide = f"; readout product {columns} columns wide" if columns > group_config.p else ""
                 how = "loaded from the compilation cache" if cached else "compiled"
-                log(f"{how} in {seconds:.1f} s (n_train padded to {c.n_max}{wide})")
+                log(f"{how} in {seconds:.1f} s ({_group_name(plan, c.group)}n_train padded to {c.n_max}{wide})")
         if in_flight is not None:
             jax.block_until_ready(in_flight[1])
             jax.effects_barrier()  # every progress callback of that chunk has run
@@ -323,11 +333,28 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
 
 
 def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
-    """The flat results of the plan's grid before any lane ran, with its layout."""
+    """The flat results of the plan's grid before any lane ran, with its layout.
+    Metrics and final arrays are the union over the static groups, each dim as
+    large as its largest group's."""
     steps = np.arange(0, config.steps + 1, config.log_every)
-    finals = ("ipr_k", "bn_scale") if config.batchnorm else ("ipr_k",)
-    flat = results.empty(config_json, plan.axes, steps, config.width, finals)
-    flat.attrs["layout"] = json.dumps(_layout_record(config, plan, mesh), sort_keys=True)
+    names, finals = [], {}
+    for group in plan.groups:
+        model = get_model(cfg.static_config(group.config))
+        for name in metrics.metric_names(tuple(jax.eval_shape(model.norm_leaves, jax.eval_shape(
+                model.init, jax.random.key(0))["params"]))):
+            names += [name] if name not in names else []
+        for name, spec in final_specs(model).items():
+            old = finals.get(name, spec)
+            if old.dims != spec.dims:
+                raise ConfigError(f"{name} has dims {old.dims} in one static group and {spec.dims} in another")
+            finals[name] = FinalSpec(spec.dims, tuple(map(max, old.shape, spec.shape)))
+    sizes = {}
+    for spec in finals.values():
+        for d, n in zip(spec.dims, spec.shape):
+            sizes[d] = max(sizes.get(d, 0), n)
+    finals = {name: (spec.dims, tuple(sizes[d] for d in spec.dims)) for name, spec in finals.items()}
+    flat = results.empty(config_json, plan.axes, steps, tuple(names), finals)
+    flat.attrs["layout"] = json.dumps(_layout_record(plan, mesh), sort_keys=True)
     return flat
 
 
@@ -339,14 +366,22 @@ def _in_memory(config: Any, config_json: str, plan: Plan, mesh: Mesh, collected:
     return results.to_grid(flat)
 
 
+def _group_name(plan: Plan, g: int) -> str:
+    """``"width=64, "`` for a static group of a sweep over static axes, else ``""``."""
+    values = plan.groups[g].values
+    return "".join(f"{k}={v}, " for k, v in values.items())
+
+
 def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: Callable[[str], None]) -> None:
     axes = " × ".join(f"{k}[{len(v)}]" for k, v in plan.axes.items()) or "(single run)"
-    flops = sum(flops_per_lane(config, c.n_max) * np.sum(~done[c.lanes[:c.count]]) for c in plan.chunks)
+    flops = sum(flops_per_lane(plan.config(c), c.n_max) * np.sum(~done[c.lanes[:c.count]]) for c in plan.chunks)
     n_done = int(done.sum())
     rate = _matmul_rate_once()
-    groups = plan.group_sizes
-    log(f"grid {axes} = {plan.n_lanes} lanes; p={config.p} N={config.width} steps={config.steps}; "
-        f"{len(groups)} compile group(s) (n_train padded to {', '.join(map(str, groups))})")
+    fixed = [f"{k}={config[k]}" for k in ("p", "width") if k not in config.sweep]
+    batch = f" batch={config.batch_size}" if config.batch_size and "batch_size" not in config.sweep else ""
+    groups = ", ".join(f"{_group_name(plan, g)}{n}" for g, n in plan.compile_groups)
+    log(f"grid {axes} = {plan.n_lanes} lanes; {' '.join(fixed)} steps={config.steps}{batch}; "
+        f"{len(plan.compile_groups)} compile group(s) (n_train padded to {groups})")
     sizes = sorted({len(c.lanes) for c in plan.chunks})
     log(f"{len(plan.chunks)} chunk(s) of {'/'.join(map(str, sizes))} lanes on {len(devices)} "
         f"{devices[0].platform} device(s); {n_done} lanes already done")

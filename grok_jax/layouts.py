@@ -48,20 +48,22 @@ def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | Non
     return 4 if n_max * width <= 16384 else 1
 
 
-def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool) -> int:
+def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool,
+               batch_size: int = 0) -> int:
     """Row blocks of a step's gradient (see :func:`grok_jax.train.make_gradient`).
 
     A CPU device training one lane at a time computes the gradient over blocks of
     about :data:`CPU_BLOCK_BYTES` of activations, which stay in cache between the
     forward and backward passes (p 97, N 500: 9 blocks, 20-25% faster per step).
-    Accelerators want the largest products, batched lanes gained nothing, and
-    BatchNorm couples all rows: one block there.
+    Accelerators want the largest products, batched lanes gained nothing,
+    BatchNorm couples all rows, and a mini-batch (``batch_size`` > 0) is small: one
+    block there.
 
     Example:
       >>> row_blocks("cpu", n_max=4704, width=500, lanes_per_device=1, batchnorm=False)
       9
     """
-    if platform != "cpu" or lanes_per_device != 1 or batchnorm:
+    if platform != "cpu" or lanes_per_device != 1 or batchnorm or batch_size:
         return 1
     return min(n_max, max(1, -(-n_max * width * 4 // CPU_BLOCK_BYTES)))
 
@@ -81,9 +83,10 @@ def readout_columns(platform: str, p: int, lanes_per_device: int) -> int:
     return -(-p // 8) * 8
 
 
-def layout(platform: str, n_max: int, width: int, p: int, lanes_per_device: int, batchnorm: bool) -> Layout:
+def layout(platform: str, n_max: int, width: int, p: int, lanes_per_device: int, batchnorm: bool,
+           batch_size: int = 0) -> Layout:
     """The :class:`Layout` of a group's chunks with ``lanes_per_device`` lanes each."""
-    return Layout(lanes_per_device, row_blocks(platform, n_max, width, lanes_per_device, batchnorm),
+    return Layout(lanes_per_device, row_blocks(platform, n_max, width, lanes_per_device, batchnorm, batch_size),
                   readout_columns(platform, p, lanes_per_device))
 
 

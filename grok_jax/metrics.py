@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from grok_jax.data import Rows
-from grok_jax.models import Params
 
 METRICS = (
     "train_loss",  # loss on the training set, against the labels trained on
@@ -24,12 +23,9 @@ METRICS = (
     "corrupt_acc",  # corrupted examples vs their corrupted labels (memorization)
     "inversion_acc",  # corrupted examples vs their true labels (inversion)
     "clean_acc",  # uncorrupted training examples
-    "weight_norm",  # Frobenius norm of U, V and W together
-    "norm_U",  # Frobenius norm of each layer
-    "norm_V",
-    "norm_W",
-    "ipr",  # mean of IPR_k over the neurons that have one (see neuron_ipr)
-)
+    "weight_norm",  # Frobenius norm of the model's norm leaves together (mlp2: U, V and W)
+    "ipr",  # mean IPR over the neurons of the model's first group that have one
+)  # and norm_<leaf>, the norm of each norm leaf (mlp2: norm_U, norm_V, norm_W); see metric_names
 
 
 def ipr(x: jax.Array, axis: int = -1) -> jax.Array:
@@ -55,27 +51,19 @@ def ipr(x: jax.Array, axis: int = -1) -> jax.Array:
     return jnp.sum(jnp.square(power), axis=0) / jnp.square(jnp.sum(power, axis=0))
 
 
-def neuron_ipr(params: Params) -> jax.Array:
-    """``IPR_k = (IPR(U_k) + IPR(V_k) + IPR(W_k)) / 3`` for every hidden neuron k.
-
-    A neuron whose weights weight decay drove to exactly zero has no spectrum: its
-    IPR is NaN, and the network IPR (a ``nanmean``) leaves it out.
-    """
-    width = params["W"].shape[0]
-    # One product for all three, with the neurons along the minor axis: the sums over
-    # frequencies then run across vectors (the IPR alone ~8 µs faster at p 31 than
-    # with the neurons as rows).
-    columns = jnp.concatenate([params["U"], params["V"], params["W"].T], axis=1)
-    return jnp.mean(ipr(columns, axis=0).reshape(3, width), axis=0)
-
-
-def weight_norms(params: Params) -> dict[str, jax.Array]:
-    """Frobenius norms of U, V, W and of the three together (BatchNorm's scale and
-    shift are left out: they start at ones and would hide the weights' decay)."""
-    sq = {k: jnp.sum(jnp.square(params[k])) for k in "UVW"}
-    out = {f"norm_{k}": jnp.sqrt(v) for k, v in sq.items()}
+def weight_norms(leaves: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Frobenius norm ``norm_<name>`` of each of a model's norm leaves (see
+    :meth:`grok_jax.models.Model.norm_leaves`) and ``weight_norm`` of them together."""
+    sq = {name: jnp.sum(jnp.square(w)) for name, w in leaves.items()}
+    out = {f"norm_{name}": jnp.sqrt(v) for name, v in sq.items()}
     out["weight_norm"] = jnp.sqrt(sum(sq.values()))
     return out
+
+
+def metric_names(norm_leaves: tuple[str, ...]) -> tuple[str, ...]:
+    """The logged metrics of a model whose norm leaves have these names:
+    :data:`METRICS` and ``norm_<name>`` for each."""
+    return METRICS + tuple(f"norm_{name}" for name in norm_leaves)
 
 
 def loss_terms(logits: jax.Array, labels: jax.Array, loss: str) -> jax.Array:

@@ -1,11 +1,14 @@
 """The grid plan: lanes, compile groups and chunks (NumPy only).
 
 The grid is the Cartesian product of the axes in ``config.sweep`` (C order, the
-first axis slowest). Every lane carries all traced settings, so lanes share one
+first axis slowest). Lanes with the same values of the static axes (model, task,
+p, width, activation, loss, batch size) form a static group with a config of its
+own. Within one, every lane carries all traced settings, so lanes share one
 program per shape. The only shape a traced axis changes is the training-set size
-(α): lanes are grouped by it into at most ``config.compile_groups`` compile groups,
-each padded to its largest α. Chunks are sized by a memory budget, padded to a
-common size within their group, and sharded across the devices along the lane axis.
+(α): a static group's lanes are grouped by it into at most
+``config.compile_groups`` compile groups, each padded to its largest α. Chunks are
+sized by a memory budget, padded to a common size within their compile group, and
+sharded across the devices along the lane axis.
 """
 
 from __future__ import annotations
@@ -28,9 +31,17 @@ from grok_jax.train import Lane
 PADDING_TOLERANCE = 0.1
 
 
+class Group(NamedTuple):
+    """Lanes that share the values of the static axes."""
+
+    values: dict[str, Any]  # swept static axis -> its value here (empty: none is swept)
+    config: ml_collections.ConfigDict  # the grid's config with these values fixed
+
+
 class Chunk(NamedTuple):
     """Lanes trained together by one call of one compiled program."""
 
+    group: int  # index of its static group in Plan.groups
     n_max: int  # padded training-set size of its compile group
     lanes: np.ndarray  # grid indices of its lanes; padding repeats the group's last lane
     count: int  # real lanes: the first ``count`` of ``lanes``
@@ -42,17 +53,22 @@ class Plan(NamedTuple):
     axes: dict[str, tuple]  # swept axis -> values, in grid order
     lanes: Lane  # numpy arrays, one entry per lane (C order of the grid)
     xi: np.ndarray  # nominal ξ of every lane (for the phase table)
-    chunks: tuple[Chunk, ...]  # compile group by compile group, smallest n_max first
+    chunks: tuple[Chunk, ...]  # by static group, then compile group, smallest n_max first
     n_devices: int  # devices a chunk is sharded over
+    groups: tuple[Group, ...]  # static groups, in grid order
 
     @property
     def n_lanes(self) -> int:
         return len(self.xi)
 
     @property
-    def group_sizes(self) -> tuple[int, ...]:
-        """The padded training-set size of every compile group."""
-        return tuple(sorted({c.n_max for c in self.chunks}))
+    def compile_groups(self) -> tuple[tuple[int, int], ...]:
+        """``(static group, padded training-set size)`` of every compile group."""
+        return tuple(sorted({(c.group, c.n_max) for c in self.chunks}))
+
+    def config(self, chunk: Chunk) -> ml_collections.ConfigDict:
+        """The config of the chunk's static group."""
+        return self.groups[chunk.group].config
 
 
 def make_plan(
@@ -70,51 +86,76 @@ def make_plan(
     ``platform`` is given); chunks are a multiple of the device count and as equal
     as possible.
 
-    ``groups`` (a resumed store's layout) fixes the compile groups instead, padded
-    training-set size -> lanes per device: each lane joins the smallest group that
-    holds its training set, and every chunk has exactly that many lanes per device.
+    ``groups`` (a resumed store's layout) fixes the compile groups instead,
+    ``(static group, padded training-set size)`` -> lanes per device: each lane joins
+    the smallest compile group of its static group that holds its training set, and
+    every chunk has exactly that many lanes per device.
     """
     cfg.check_config(config)
     check_resources(memory_gb, per_device)
     axes = {name: tuple(config.sweep[name]) for name in config.sweep}
-    names = cfg.TRACED_AXES
-    rows = []
+    statics = cfg.static_groups(config)
+    static_names = [name for name in axes if name in cfg.STATIC_AXES]
+    keys = [tuple(values.values()) for values, _ in statics]
+    rows, member = [], []
     for combo in itertools.product(*axes.values()):
-        values = {name: cfg.axis_values(config, name)[0] for name in names} | dict(zip(axes, combo))
-        n_train, n_corrupt = split_sizes(values["alpha"], values["xi"], config.task, config.p)
+        values = {name: cfg.axis_values(config, name)[0] for name in cfg.TRACED_AXES} | dict(zip(axes, combo))
+        g = keys.index(tuple(values[name] for name in static_names))
+        group_config = statics[g][1]
+        n_train, n_corrupt = split_sizes(values["alpha"], values["xi"], group_config.task, group_config.p)
         rows.append((values["seed"], n_train, n_corrupt, values["wd"], values["lr"],
                      values["dropout"], values["xi"]))
+        member.append(g)
     cols = list(zip(*rows))
     lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
+    member = np.asarray(member)
     n_devices = min(n_devices, len(rows))
-    budget, largest = memory_gb * 2**30, lane_bytes(config, int(lanes.n_train.max()))
-    if largest > budget:
-        raise ConfigError(f"one lane at p={config.p}, width={config.width} needs about {largest / 2**30:.3g} GiB, "
-                          f"more than --memory_gb={memory_gb:g} per device; lower p or width, or raise --memory_gb")
+    budget = memory_gb * 2**30
     chunks = []
-    if groups is not None:
-        sizes = np.asarray(sorted(groups))
-        if lanes.n_train.max() > sizes[-1]:
-            raise ConfigError(f"the store's compile groups (n_train up to {sizes[-1]}) do not hold this grid")
-        member = np.searchsorted(sizes, lanes.n_train)
+    for g, (values, group_config) in enumerate(statics):
+        in_group = np.flatnonzero(member == g)
+        largest = lane_bytes(group_config, int(lanes.n_train[in_group].max()))
+        if largest > budget:
+            raise ConfigError(f"one lane at p={group_config.p}, width={group_config.width} needs about "
+                              f"{largest / 2**30:.3g} GiB, more than --memory_gb={memory_gb:g} per device; lower "
+                              "p or width, or raise --memory_gb")
+        stored = None if groups is None else {n: k for (gg, n), k in groups.items() if gg == g}
+        chunks += _group_chunks(group_config, g, in_group, lanes.n_train, n_devices, budget, per_device,
+                                platform, stored)
+    return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices,
+                tuple(Group(values, c) for values, c in statics))
+
+
+def _group_chunks(config: ml_collections.ConfigDict, g: int, in_group: np.ndarray, n_train: np.ndarray,
+                  n_devices: int, budget: float, per_device: int | None, platform: str | None,
+                  stored: Mapping[int, int] | None) -> list[Chunk]:
+    """The chunks of static group ``g`` (lanes ``in_group``): by compile group, or in
+    a resumed store's compile groups (``stored``: padded size -> lanes per device)."""
+    chunks = []
+    if stored is not None:
+        sizes = np.asarray(sorted(stored))
+        if not len(sizes) or n_train[in_group].max() > sizes[-1]:
+            raise ConfigError("the store's compile groups do not hold this grid")
+        member = np.searchsorted(sizes, n_train[in_group])
         for i, n_max in enumerate(map(int, sizes)):
-            group, per_group = np.flatnonzero(member == i), groups[n_max]
+            group, per_group = in_group[member == i], stored[n_max]
             if not len(group):
                 continue
             if per_group * lane_bytes(config, n_max) > budget:
                 raise ConfigError(f"the store's layout runs {per_group} lanes per device at n_train {n_max}: about "
                                   f"{per_group * lane_bytes(config, n_max) / 2**30:.3g} GiB, more than "
-                                  f"--memory_gb={memory_gb:g}")
-            chunks += _split(group, n_max, n_devices, per_group, balance=False)
-    else:
-        for group in compile_groups(lanes.n_train, config.compile_groups, n_devices):
-            n_max = int(lanes.n_train[group].max())
-            limit = per_device
-            if limit is None and platform is not None:
-                limit = default_lanes_per_device(platform, n_max, config.width)
-            fit = min(limit or len(group), budget // lane_bytes(config, n_max))  # before int(): budget may be inf
-            chunks += _split(group, n_max, n_devices, int(fit))
-    return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices)
+                                  f"--memory_gb={budget / 2**30:g}")
+            chunks += _split(group, g, n_max, n_devices, per_group, balance=False)
+        return chunks
+    for group in compile_groups(n_train[in_group], config.compile_groups, n_devices):
+        group = in_group[group]
+        n_max = int(n_train[group].max())
+        limit = per_device
+        if limit is None and platform is not None:
+            limit = default_lanes_per_device(platform, n_max, config.width)
+        fit = min(limit or len(group), budget // lane_bytes(config, n_max))  # before int(): budget may be inf
+        chunks += _split(group, g, n_max, n_devices, int(fit))
+    return chunks
 
 
 def check_resources(memory_gb: float, lanes_per_device: int | None) -> None:
@@ -126,7 +167,8 @@ def check_resources(memory_gb: float, lanes_per_device: int | None) -> None:
                           "line: the platform's default)")
 
 
-def _split(group: np.ndarray, n_max: int, n_devices: int, per_device: int, balance: bool = True) -> list[Chunk]:
+def _split(group: np.ndarray, g: int, n_max: int, n_devices: int, per_device: int, balance: bool = True
+           ) -> list[Chunk]:
     """Chunks of a group of ``per_device`` lanes per device, or with ``balance``
     at most that many and as equal as the device count allows (fewer padded lanes)."""
     n = len(group)
@@ -135,7 +177,7 @@ def _split(group: np.ndarray, n_max: int, n_devices: int, per_device: int, balan
         n_chunks = -(-n // size)
         size = n_devices * -(-n // (n_chunks * n_devices))
     starts = range(0, n, size)
-    return [Chunk(n_max, group[np.minimum(np.arange(s, s + size), n - 1)], min(size, n - s)) for s in starts]
+    return [Chunk(g, n_max, group[np.minimum(np.arange(s, s + size), n - 1)], min(size, n - s)) for s in starts]
 
 
 def compile_groups(n_train: np.ndarray, max_groups: int, n_devices: int = 1) -> list[np.ndarray]:
@@ -189,21 +231,26 @@ def _best_ends(cost: Callable[[int, int], float], k: int, n_groups: int) -> list
 
 
 def lane_bytes(config: Any, n_max: int) -> int:
-    """Rough device memory of one lane: activations of the step (training rows)
-    and of the evaluation (at most all p² pairs), parameters with their AdamW state,
-    and the log (16 floats per logged step)."""
+    """Rough device memory of one lane: activations of the step (training rows or a
+    mini-batch) and of the evaluation (at most all p² pairs), parameters with their
+    AdamW state, and the log (16 floats per logged step)."""
     p, width = config.p, config.width
-    acts = 8 * n_max * width + 4 * n_max * p + 3 * p * p * width + 3 * p * p * p
+    rows = min(config.batch_size, n_max) if config.batch_size else n_max
+    acts = 8 * rows * width + 4 * rows * p + n_max + 3 * p * p * width + 3 * p * p * p
     return 4 * (acts + 6 * 3 * p * width + 16 * (config.steps // config.log_every + 1))
 
 
 def flops_per_lane(config: Any, n_max: int) -> float:
-    """Matmul FLOPs of one lane: three n×N×p products per step, and per log a
-    forward over the pairs past the training rows (whose logits come from a step;
-    with dropout or BatchNorm the evaluation also runs over the training rows,
-    not counted). The one-hot layer is a gather and is not counted."""
+    """Matmul FLOPs of one lane of the two-layer MLP: three rows×N×p products per
+    step (rows: the training rows or a mini-batch), and per log a forward over the
+    pairs past the training rows (whose logits come from a full-batch step; with
+    dropout or BatchNorm the evaluation also runs over the training rows, not
+    counted; with mini-batches over all pairs). The one-hot layer is a gather and is
+    not counted. (An estimate for progress and plans, for other models too.)"""
     n_logs = config.steps // config.log_every + 1
-    held_out = num_pairs(config.task, config.p) - n_max
-    return 2.0 * config.width * config.p * (3 * n_max * config.steps + held_out * n_logs)
+    rows, evaluated = n_max, num_pairs(config.task, config.p) - n_max
+    if config.batch_size:
+        rows, evaluated = config.batch_size, num_pairs(config.task, config.p)
+    return 2.0 * config.width * config.p * (3 * rows * config.steps + evaluated * n_logs)
 
 

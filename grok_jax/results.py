@@ -4,8 +4,15 @@ On disk every per-run variable has a flat ``lane`` dimension (lanes in C order o
 the grid); the whole config (JSON), the swept axes and their values are in the
 attributes. :func:`load_results` reshapes ``lane`` into the swept axes:
 
-    >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, neuron
+    >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, hidden, ...
     >>> ds.test_acc.isel(step=-1).to_pandas()
+
+Variables: the logged metrics over ``step``; the final per-neuron IPR
+``ipr_<group>`` over the group's neurons (dim ``<group>``, e.g. ``hidden``); the
+final parameters and model state, one variable per leaf under its dotted path
+(``params.U`` over ``operand`` × ``hidden``, ``batch_stats.mean``, ...), compressed.
+Lanes of static groups with smaller shapes (a smaller width or p in the same
+sweep) fill the leading part of each dim and are NaN past it.
 
 Crash safety. One run at a time holds a store (:func:`exclusive`). A store appears
 whole or not at all: it is built under a temporary name beside its final one and
@@ -53,7 +60,7 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _find_syncfs()
 
 STORE = "results.zarr"  # name of the store inside an output directory
-FORMAT = 2  # bumped when the layout changes (2: per-layer weight norms)
+FORMAT = 3  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups)
 PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
 
 
@@ -63,17 +70,21 @@ def store_path(out: str | os.PathLike) -> str:
     return out if out.rstrip("/").endswith(".zarr") else os.path.join(out, STORE)
 
 
-def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, width: int,
-          finals: tuple[str, ...]) -> xr.Dataset:
-    """The flat results of the grid ``axes`` before any lane ran (NaN metrics,
-    ``phase`` -1, ``done`` all False), with the config and axes in the attributes."""
+def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, metric_names: tuple[str, ...],
+          finals: dict[str, tuple[tuple[str, ...], tuple[int, ...]]]) -> xr.Dataset:
+    """The flat results of the grid ``axes`` before any lane ran (NaN metrics over
+    ``steps`` and final arrays ``name -> (dims, shape)``, ``phase`` -1, ``done``
+    all False), with the config and axes in the attributes."""
     n_lanes = int(np.prod([len(v) for v in axes.values()]))
-    coords = {"step": ("step", steps), "neuron": ("neuron", np.arange(width))}
+    coords = {"step": ("step", steps)}
+    for dims, shape in finals.values():
+        coords.update({d: (d, np.arange(n)) for d, n in zip(dims, shape)})
     grid = np.meshgrid(*[np.asarray(v) for v in axes.values()], indexing="ij")
-    coords.update({name: ("lane", g.ravel()) for name, g in zip(axes, grid)})
+    # Numeric axes also label the lanes (strings are in the attributes only).
+    coords.update({name: ("lane", g.ravel()) for name, g in zip(axes, grid) if g.dtype.kind in "biuf"})
     nan = lambda *shape: np.full(shape, np.nan, np.float32)  # noqa: E731
-    data = {name: (("lane", "step"), nan(n_lanes, len(steps))) for name in metrics.METRICS}
-    data.update({name: (("lane", "neuron"), nan(n_lanes, width)) for name in finals})
+    data = {name: (("lane", "step"), nan(n_lanes, len(steps))) for name in metric_names}
+    data.update({name: (("lane", *dims), nan(n_lanes, *shape)) for name, (dims, shape) in finals.items()})
     data["phase"] = ("lane", np.full(n_lanes, -1, np.int8))
     data["done"] = ("lane", np.zeros(n_lanes, bool))
     attrs = {
@@ -178,9 +189,9 @@ def stored_layout(ds: xr.Dataset) -> dict | None:
         return None
     try:
         layout = json.loads(ds.attrs["layout"])
-        if not (isinstance(layout.get("platform"), str)
-                and all(isinstance(g["lanes_per_device"], int) for g in layout["groups"].values())):
-            raise ValueError("no platform, or lanes_per_device not an integer")
+        if not (isinstance(layout.get("platform"), str) and all(
+                isinstance(g[k], int) for g in layout["groups"] for k in ("group", "n_max", "lanes_per_device"))):
+            raise ValueError("no platform, or a compile group without integer group, n_max, lanes_per_device")
         return layout
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"the layout recorded in the store is unreadable ({type(e).__name__}: {e}); "
@@ -227,7 +238,7 @@ def _has_results(ds: xr.Dataset) -> np.ndarray:
     and weight norms at step 0."""
     finite = lambda name: np.isfinite(ds[name].values)  # noqa: E731
     ok = (ds["phase"].values >= 0) & finite("train_acc").all(axis=1) & finite("test_acc").all(axis=1)
-    for name in ("train_loss", "test_loss", "weight_norm", "norm_U", "norm_V", "norm_W"):
+    for name in ("train_loss", "test_loss", "weight_norm"):
         ok &= finite(name)[:, 0]
     return ok
 
@@ -253,17 +264,23 @@ def _set_attr(path: str, name: str, value: Any) -> None:
 
 def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
           phase: np.ndarray) -> None:
-    """Commits the results of ``lanes`` (increasing grid indices): every variable,
-    a flush to disk, then their ``done`` mark in a write of its own."""
+    """Commits the results of ``lanes`` (increasing grid indices): every variable
+    (arrays smaller than the store's fill its leading part), a flush to disk, then
+    their ``done`` mark in a write of its own."""
     try:
         group = zarr.open_group(path, mode="r+")
         for name, values in {**log, **final, "phase": phase.astype(np.int8)}.items():
-            group[name].oindex[_selection(lanes)] = values
+            group[name].oindex[_region(lanes, values)] = values
         _flush(path)
         _mark_done(group, lanes)
     except OSError as e:
         raise StoreWriteError(f"cannot write results to {path}: {_reason(e)}; the lanes committed before "
                               "are kept: run the same command again to resume") from e
+
+
+def _region(lanes: np.ndarray, values: np.ndarray) -> tuple:
+    """Where ``values`` ``(lanes, ...)`` go: those lanes, the leading part of each other dim."""
+    return (_selection(lanes), *(slice(0, n) for n in values.shape[1:]))
 
 
 def _selection(lanes: np.ndarray) -> slice | np.ndarray:
@@ -296,25 +313,18 @@ def _reason(error: OSError) -> str:
 def fill(flat: xr.Dataset, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
          phase: np.ndarray) -> None:
     """In memory, what :func:`write` does on disk: sets ``lanes`` of ``flat``."""
-    for name, var in _lanes(log, final, phase).data_vars.items():
-        flat[name].values[lanes] = var.values
-
-
-def _lanes(log: dict[str, np.ndarray], final: dict[str, np.ndarray], phase: np.ndarray) -> xr.Dataset:
-    data = {name: (("lane", "step"), v) for name, v in log.items()}
-    data.update({name: (("lane", "neuron"), v) for name, v in final.items()})
-    data["phase"] = ("lane", phase.astype(np.int8))
-    data["done"] = ("lane", np.ones(len(phase), bool))
-    return xr.Dataset(data)
+    for name, values in {**log, **final, "phase": phase.astype(np.int8)}.items():
+        flat[name].values[(lanes, *(slice(0, n) for n in values.shape[1:]))] = values
+    flat["done"].values[lanes] = True
 
 
 def load_results(path: str | os.PathLike) -> xr.Dataset:
     """Opens a results store as an ``xarray.Dataset`` with one dim per swept axis.
 
     ``path`` is an output directory or the ``.zarr`` store inside it. Variables:
-    the metrics of :data:`grok_jax.metrics.METRICS` over ``step``, ``ipr_k`` (and
-    ``bn_scale``) over ``neuron``, ``phase`` (codes into ``attrs["phases"]``; -1
-    for lanes not yet run) and ``done``. With a ``seed`` axis, ``phase_majority``
+    the metrics of :func:`grok_jax.metrics.metric_names` over ``step``, the final
+    per-neuron IPR and parameters (see the module doc), ``phase`` (codes into
+    ``attrs["phases"]``; -1 for lanes not yet run) and ``done``. With a ``seed`` axis, ``phase_majority``
     and ``phase_fraction`` give each cell's most common phase over seeds and the
     fraction of seeds in it. ``attrs["config"]`` is the full config as JSON.
     """
@@ -333,7 +343,7 @@ def to_grid(flat: xr.Dataset) -> xr.Dataset:
         for name, var in flat.data_vars.items()
     }
     coords = {name: (name, list(values)) for name, values in axes.items()}
-    coords.update({name: flat[name] for name in ("step", "neuron")})
+    coords.update({name: flat[name] for name in flat.dims if name != "lane"})
     ds = xr.Dataset(data, coords, flat.attrs)
     if "seed" in axes:
         top, frac = phases.majority(ds["phase"].values, axis=list(axes).index("seed"))

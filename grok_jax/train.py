@@ -1,7 +1,7 @@
 """One training run as a pure function; a sweep ``vmap``s it over lanes.
 
-``make_train(config, n_max)`` closes over the static settings (p, width, steps,
-activation, loss, ...) and returns ``train(lane) -> (log, final)``, where ``lane``
+``make_train(config, n_max)`` closes over the static settings (model, p, width,
+steps, batch size, ...) and returns ``train(lane) -> (log, final)``, where ``lane``
 holds the per-run values that a sweep may vary (seed, sizes of the training and
 corrupted sets, wd, lr, dropout) as traced arrays. The step loop is a fixed-length
 ``lax.scan``; metrics are logged every ``log_every`` steps by an outer scan, so the
@@ -19,12 +19,13 @@ import jax.numpy as jnp
 import optax
 
 from grok_jax import metrics
-from grok_jax.data import Rows, held_out_rows, make_dataset, num_pairs, training_rows
-from grok_jax.models import Params, bn_stats, features, init_params, readout
+from grok_jax.data import (Rows, batch_rows, batches_per_epoch, epoch_order, held_out_rows, make_dataset,
+                           num_pairs, training_rows)
+from grok_jax.models import Inputs, Model, Variables, get_model
 
 # Each random stream gets its own key, ``fold_in(key(seed), stream)``, so changing
 # one setting (e.g. dropout) never changes another stream (e.g. the split).
-STREAMS = {"init": 0, "split": 1, "corrupt": 2, "dropout": 3}
+STREAMS = {"init": 0, "split": 1, "corrupt": 2, "dropout": 3, "batch": 4}
 
 
 class Lane(NamedTuple):
@@ -47,62 +48,65 @@ def stream_key(seed: jax.Array, stream: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), STREAMS[stream])
 
 
+def inputs(rows: Rows) -> Inputs:
+    """What a model sees of ``rows``: operands, pair indices, and which rows count
+    in batch statistics (the real training rows)."""
+    return Inputs(rows.m, rows.n, rows.pair, rows.train)
+
+
 def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any) -> optax.GradientTransformation:
     """AdamW with PyTorch semantics: ``w ← w − lr·(adam_update + wd·w)``."""
     return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd)
 
 
-def make_gradient(config: Any, row_blocks: int = 1, columns: int | None = None) -> Callable[..., tuple[Params, Sums]]:
-    """Returns ``gradient(params, rows, n_train, dropout, key) -> (grads, sums)``:
-    the gradient of the mean training loss over ``rows`` (from
-    :func:`grok_jax.data.training_rows` with the same ``row_blocks``), ``n_train``
-    the number of real training rows, ``key`` the step's dropout key; and the
+def make_gradient(config: Any, model: Model, row_blocks: int = 1
+                  ) -> Callable[..., tuple[Any, tuple[Sums, Variables]]]:
+    """Returns ``gradient(variables, rows, count, dropout, key) -> (grads, (sums,
+    state))``: the gradient with respect to ``variables["params"]`` of the mean
+    training loss over ``rows`` (from :func:`grok_jax.data.training_rows` with the
+    same ``row_blocks``, or a mini-batch), ``count`` the number of real training
+    rows in them, ``key`` the step's dropout key; the
     :func:`grok_jax.metrics.row_sums` of the logits it computed on the way (XLA
-    drops them where they are not used).
+    drops them where they are not used) and the model state after the step.
 
     With ``row_blocks > 1`` a ``lax.scan`` computes the gradient block by block and
     sums the blocks' gradients (the same numbers up to rounding): a block's
     activations then stay in a CPU core's cache between the forward and backward
-    passes (20-25% faster per step at p 97, N 500, one lane per core). BatchNorm
-    couples all rows, so it needs ``row_blocks == 1``. ``columns`` is passed to
-    :func:`grok_jax.models.readout`.
+    passes (20-25% faster per step at p 97, N 500, one lane per core). A model whose
+    rows are coupled in train mode (BatchNorm) needs ``row_blocks == 1``.
 
     Example:
-      >>> gradient = make_gradient(config, row_blocks=4)
+      >>> gradient = make_gradient(config, model, row_blocks=4)
       >>> rows = training_rows(ds, n_max, row_blocks=4)
-      >>> grads, sums = gradient(params, rows, jnp.sum(ds.train), 0.0, key)   # grads like params
+      >>> grads, (sums, state) = gradient(variables, rows, jnp.sum(ds.train), 0.0, key)
     """
-    if row_blocks < 1 or (config.batchnorm and row_blocks > 1):
-        raise ValueError(f"row_blocks={row_blocks}: must be >= 1, and 1 with BatchNorm")
+    if row_blocks < 1 or (model.batch_coupled and row_blocks > 1):
+        raise ValueError(f"row_blocks={row_blocks}: must be >= 1, and 1 for a model with batch statistics")
 
-    def dropout_noise(key: jax.Array, pair: jax.Array) -> jax.Array:
-        # One key per example (its pair index), so the masks depend neither on n_max
-        # nor on the row blocks.
-        draw = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (config.width,))  # noqa: E731
-        return jax.vmap(draw)(pair)
-
-    def rows_loss(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array,
-                  key: jax.Array) -> tuple[jax.Array, Sums]:
+    def rows_loss(params: Any, state: Variables, rows: Rows, count: jax.Array, rate: jax.Array,
+                  key: jax.Array) -> tuple[jax.Array, tuple[Sums, Variables]]:
         # These rows' share of the mean training loss (all of it when rows are all rows).
-        noise = dropout_noise(key, rows.pair) if config.use_dropout else None
-        h = features(params, rows.m, rows.n, config.activation, rate, noise)
-        logits = readout(params, h, bn_stats(h, rows.train) if config.batchnorm else None, columns)
+        logits, state = model.apply({"params": params, **state}, inputs(rows), train=True, dropout_rate=rate,
+                                    dropout_key=key if config.use_dropout else None)
         sums = metrics.row_sums(logits, rows, config.loss)
-        return sums["train_loss"] / n_train, sums
+        return sums["train_loss"] / count, (sums, state)
 
     grad = jax.grad(rows_loss, has_aux=True)
-    if row_blocks == 1:
-        return grad
 
-    def gradient(params: Params, rows: Rows, n_train: jax.Array, rate: jax.Array,
-                 key: jax.Array) -> tuple[Params, Sums]:
+    def gradient(variables: Variables, rows: Rows, count: jax.Array, rate: jax.Array, key: jax.Array):
+        params, state = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+        if row_blocks == 1:
+            return grad(params, state, rows, count, rate, key)
+
         def add_block(total: tuple, block: Rows) -> tuple[tuple, None]:
-            return jax.tree.map(jnp.add, total, grad(params, block, n_train, rate, key)), None
+            grads, (sums, _) = grad(params, state, block, count, rate, key)
+            return jax.tree.map(jnp.add, total, (grads, sums)), None
 
         one_block = jax.tree.map(lambda r: r[0], rows)  # for the shapes of the totals
-        shapes = jax.eval_shape(grad, params, one_block, n_train, rate, key)
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-        return jax.lax.scan(add_block, zeros, rows)[0]
+        grads, (sums, _) = jax.eval_shape(grad, params, state, one_block, count, rate, key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads, sums))
+        grads, sums = jax.lax.scan(add_block, zeros, rows)[0]
+        return grads, (sums, state)  # rows are independent: the model has no batch state
 
     return gradient
 
@@ -117,70 +121,115 @@ def make_train(
 ) -> Callable[[Lane], tuple[Log, Log]]:
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
-    ``config`` holds the static settings of :func:`grok_jax.config.static_config`.
-    ``row_blocks`` is passed to :func:`make_gradient`, ``columns`` to it and to
-    every :func:`grok_jax.models.readout`.
+    ``config`` holds the static settings of :func:`grok_jax.config.static_config`;
+    the model is ``get_model(config, readout_columns=columns)``. ``row_blocks`` is
+    passed to :func:`make_gradient` (full batch only).
+
+    Full batch (``config.batch_size == 0``): every step's gradient is over all the
+    lane's training rows. Mini-batches: each epoch a fresh order of the real
+    training rows (:func:`grok_jax.data.epoch_order`, from the key
+    ``fold_in(stream_key(seed, "batch"), epoch)``), cut into ``⌈n_train/B⌉`` batches
+    in order, the last one partial (:func:`grok_jax.data.batch_rows`); step ``t`` is
+    batch ``t mod ⌈n_train/B⌉`` of epoch ``t div ⌈n_train/B⌉``. The step count is
+    fixed whatever the epoch length.
 
     ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
     given, is called on the host with the index of a finished logging block after
     every ``max(1, n_logs // reports)`` of them: ``reports`` to ``2·reports − 1``
     times per run, or once per logged block when there are fewer (for progress
     bars; once per report, not per lane, under ``vmap``; once per device under
-    ``shard_map``). ``log`` maps each name of :data:`grok_jax.metrics.METRICS` to
-    an array over the ``steps // log_every + 1`` logged steps (step 0 first; entry
-    ``i`` is the state after ``i·log_every`` steps, in eval mode); ``final`` holds
-    ``ipr_k`` (per-neuron IPR at the end) and, with BatchNorm, ``bn_scale``.
+    ``shard_map``). ``log`` maps each name of :func:`grok_jax.metrics.metric_names`
+    to an array over the ``steps // log_every + 1`` logged steps (step 0 first;
+    entry ``i`` is the state after ``i·log_every`` steps, in eval mode); ``final``
+    holds ``ipr_<group>`` (per-neuron IPR at the end, per neuron group of the
+    model) and the final ``variables`` (parameters and model state).
 
     Example:
       >>> train = make_train(config, n_max=60)
       >>> lanes = Lane(seed=jnp.arange(4), ...)            # one entry per run
       >>> log, final = jax.jit(jax.vmap(train))(lanes)     # log["test_acc"]: (4, n_log)
     """
-    p, act, bn = config.p, config.activation, config.batchnorm
+    p, batch = config.p, config.batch_size
     n_logs, rem = divmod(config.steps, config.log_every)
     if rem:
         raise ValueError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
-    gradient = make_gradient(config, row_blocks, columns)
+    if batch and row_blocks > 1:
+        raise ValueError(f"row_blocks={row_blocks}: mini-batches are computed in one block")
+    model = get_model(config, readout_columns=columns)
+    gradient = make_gradient(config, model, row_blocks)
+    first_group = next(iter(model.groups))
     if on_log is None or reports < 1:
         on_log, reports = None, 1
     per_report = max(1, n_logs // reports)  # logged blocks per progress report
     n_reports = n_logs // per_report
-    # Without dropout a training step's forward pass is the evaluation's on the training
-    # rows: a logged state then needs a forward over the other test pairs only. (With
-    # BatchNorm those need the rows' statistics, which the evaluation's own forward has.)
-    step_evaluates = not (config.use_dropout or bn)
+    # Without dropout, batch statistics or mini-batches, a training step's forward pass
+    # is the evaluation's on the training rows: a logged state then needs a forward
+    # over the other test pairs only.
+    step_evaluates = not (config.use_dropout or model.batch_coupled or batch)
 
     def train(lane: Lane) -> tuple[Log, Log]:
         ds = make_dataset(
             stream_key(lane.seed, "split"), stream_key(lane.seed, "corrupt"),
             lane.n_train, lane.n_corrupt, task=config.task, p=p, n_max=n_max,
         )
-        params = init_params(stream_key(lane.seed, "init"), p, config.width, bn)
+        variables = model.init(stream_key(lane.seed, "init"))
         opt = make_optimizer(lane.lr, lane.wd, config)
-        dropout_key = stream_key(lane.seed, "dropout")
-        rows, n_train = training_rows(ds, n_max, row_blocks), jnp.sum(ds.train)
+        dropout_key, batch_key = stream_key(lane.seed, "dropout"), stream_key(lane.seed, "batch")
+        rows, n_train = training_rows(ds, n_max), jnp.sum(ds.train)
+        blocks = training_rows(ds, n_max, row_blocks)
         tests = held_out_rows(ds, n_max, config.task, p)
+        n_batches = batches_per_epoch(n_train, batch) if batch else None
 
-        def evaluate(params: Params, sums: Sums | None = None) -> Log:
-            # Eval mode (no dropout; BatchNorm with the training rows' statistics) over
-            # every pair; `sums`: the training rows' sums from a step's forward pass.
-            stats = None
+        def refreshed(variables: Variables) -> tuple[Variables, jax.Array | None]:
+            # Full-batch BatchNorm: eval mode uses the training rows' statistics now.
+            if model.eval_stats != "training_rows":
+                return variables, None
+            logits, state = model.apply(variables, inputs(rows), train=True)
+            return {**variables, **state}, logits
+
+        def evaluate(variables: Variables, sums: Sums | None = None) -> Log:
+            # Eval mode over every pair; `sums`: the training rows' sums from a step's forward.
+            variables, logits = refreshed(variables)
             if sums is None:
-                h = features(params, rows.m, rows.n, act)
-                stats = bn_stats(h, rows.train) if bn else None
-                sums = metrics.row_sums(readout(params, h, stats, columns), rows, config.loss)
-            logits = readout(params, features(params, tests.m, tests.n, act), stats, columns)
+                if logits is None:
+                    logits, _ = model.apply(variables, inputs(rows), train=False)
+                sums = metrics.row_sums(logits, rows, config.loss)
+            logits, _ = model.apply(variables, inputs(tests), train=False)
             sums = jax.tree.map(jnp.add, sums, metrics.row_sums(logits, tests, config.loss))
             out = metrics.means(sums, n_train, lane.n_corrupt, num_pairs(config.task, p) - n_train)
-            out.update(metrics.weight_norms(params))
-            out["ipr"] = jnp.nanmean(metrics.neuron_ipr(params))
+            out.update(metrics.weight_norms(model.norm_leaves(variables["params"])))
+            out["ipr"] = jnp.nanmean(model.neuron_ipr(variables["params"])[first_group])
             return out
 
+        def step_rows(order: jax.Array, t: jax.Array) -> tuple[Rows, jax.Array]:
+            # The step's training rows and their count: all of them, or its mini-batch.
+            if not batch:
+                return blocks, n_train
+            batch_rows_t = batch_rows(rows, order, t % n_batches, batch, n_train)
+            return batch_rows_t, jnp.sum(batch_rows_t.train)
+
+        def next_order(carry: tuple, t: jax.Array) -> tuple:
+            # A new epoch's order when step t starts one (a real branch on one lane per
+            # device; under vmap both are computed).
+            if not batch:
+                return carry
+            variables, opt_state, order, epoch = carry
+            new_epoch = t // n_batches
+            order, epoch = jax.lax.cond(
+                new_epoch != epoch,
+                lambda: (epoch_order(jax.random.fold_in(batch_key, new_epoch), n_train, n_max,
+                                     num_pairs(config.task, p)), new_epoch),
+                lambda: (order, epoch))
+            return variables, opt_state, order, epoch
+
         def step(carry: tuple, t: jax.Array) -> tuple[tuple, Sums]:
-            params, opt_state = carry
-            grads, sums = gradient(params, rows, n_train, lane.dropout, jax.random.fold_in(dropout_key, t))
-            updates, opt_state = opt.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), sums
+            variables, opt_state, order, epoch = next_order(carry, t)
+            step_in, count = step_rows(order, t)
+            grads, (sums, state) = gradient(variables, step_in, count, lane.dropout,
+                                            jax.random.fold_in(dropout_key, t))
+            updates, opt_state = opt.update(grads, opt_state, variables["params"])
+            variables = {**variables, **state, "params": optax.apply_updates(variables["params"], updates)}
+            return (variables, opt_state, order, epoch), sums
 
         def logged_block(carry: tuple, block: jax.Array) -> tuple[tuple, Log]:
             # Logs the state the block starts from, with its first step's forward pass.
@@ -199,17 +248,17 @@ def make_train(
                 jax.debug.callback(on_log, first_block + per_report - 1)
             return carry, log
 
-        carry = (params, opt.init(params))
+        # (variables, optimizer state, this epoch's order of rows, epoch; -1: none yet)
+        carry = (variables, opt.init(variables["params"]), jnp.arange(n_max, dtype=jnp.int32), jnp.int32(-1))
         carry, log = jax.lax.scan(reported_blocks, carry, jnp.arange(0, n_reports * per_report, per_report))
         log = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), log)
         if n_logs > n_reports * per_report:  # the last few blocks, unreported
             carry, rest = jax.lax.scan(logged_block, carry, jnp.arange(n_reports * per_report, n_logs))
             log = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), log, rest)
-        params = carry[0]
-        log = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), log, evaluate(params))
-        final = {"ipr_k": metrics.neuron_ipr(params)}
-        if bn:
-            final["bn_scale"] = params["bn_scale"]
+        variables = carry[0]
+        log = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), log, evaluate(variables))
+        final = {f"ipr_{group}": v for group, v in model.neuron_ipr(variables["params"]).items()}
+        final["variables"] = refreshed(variables)[0]
         return log, final
 
     return train

@@ -26,7 +26,7 @@ def test_end_to_end_and_resume(tmp_path):
     for name in ("phase_diagram.png", "test_acc.png", "train_acc.png"):
         assert (out / name).stat().st_size > 10_000
     ds = grok_jax.load_results(out)
-    assert dict(ds.sizes) == {"seed": 2, "wd": 2, "xi": 2, "step": 3, "neuron": 32}
+    assert dict(ds.sizes) == {"seed": 2, "wd": 2, "xi": 2, "step": 3, "hidden": 32, "operand": 11, "logit": 11}
     assert list(ds.xi.values) == [0.0, 0.3] and list(ds.step.values) == [0, 20, 40]
     assert json.loads(ds.attrs["config"])["steps"] == 40
     assert bool(ds.done.all()) and set(np.unique(ds.phase)) <= set(range(7))
@@ -76,7 +76,10 @@ BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["--config.stepz=3"], "unknown config field 'stepz' (did you mean steps?)", 2),
     (["--config.plot.z=wd"], "unknown config field 'plot.z'", 2),
     (["--config.plot.x=wdd"], "plot.x='wdd' is not a heatmap axis", 2),
-    (["--config.sweep.width=(8,16)"], "cannot sweep 'width'", 2),
+    (["--config.sweep.steps=(20,40)"], "cannot sweep 'steps'", 2),
+    (["--config.sweep.model=('mlp2','mlp9')"], "model='mlp9' is not valid; valid: mlp2", 2),
+    (["--config.batch_size=-1"], "batch_size=-1 must be >= 0", 2),
+    (["--config.bn_stats=moving"], "bn_stats='moving' is not valid; valid: running, full_batch", 2),
     (["--config.sweep.xi=(0.0,1.5)"], "xi=1.5", 2),
     (["--config.sweep.xi=()"], "sweep axis 'xi' has no values", 2),
     (["--config.sweep.xi=(0.3,0.3)"], "repeats a value", 2),
@@ -155,5 +158,5 @@ def test_sharded_over_two_devices_matches_one(tmp_path):
     assert one.returncode == 0, one.stderr
     assert "on 1 cpu device(s)" in one.stdout
     a, b = grok_jax.load_results(tmp_path / "two"), grok_jax.load_results(tmp_path / "one")
-    for name in ("train_loss", "test_acc", "ipr_k"):
+    for name in ("train_loss", "test_acc", "ipr_hidden"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)

@@ -7,7 +7,7 @@ import numpy_reference as ref
 import pytest
 
 from grok_jax import metrics
-from grok_jax.models import analytic_solution, features, init_params, init_std, readout
+from grok_jax.models.mlp2 import analytic_solution, features, init_params, init_std, neuron_ipr, readout
 
 
 def _all_pairs(p):
@@ -23,7 +23,7 @@ def test_analytic_solution_is_perfect_and_periodic():
     assert bool(jnp.all(jnp.argmax(logits, -1) == labels))
     # Unit-scale logits: the correct class near 1, the rest near 0 (MSE small).
     assert float(jnp.mean(metrics.loss_terms(logits, labels, "mse"))) < 0.05
-    np.testing.assert_allclose(metrics.neuron_ipr(params), 1.0, atol=1e-5)
+    np.testing.assert_allclose(neuron_ipr(params), 1.0, atol=1e-5)
 
 
 def test_forward_matches_numpy():
@@ -45,7 +45,7 @@ def test_ipr_matches_numpy_and_gaussian_floor():
     assert abs(float(jnp.mean(metrics.ipr(x))) - 2 / (p // 2 + 1)) < 0.01
     params = init_params(jax.random.key(3), p, 64)
     np.testing.assert_allclose(
-        metrics.neuron_ipr(params), ref.neuron_ipr(*(np.asarray(params[k]) for k in "UVW")), rtol=1e-5)
+        neuron_ipr(params), ref.neuron_ipr(*(np.asarray(params[k]) for k in "UVW")), rtol=1e-5)
 
 
 def test_init_scale_is_the_papers():

@@ -90,7 +90,7 @@ def test_lanes_marked_done_without_results_run_again(tiny, tmp_path):
     store["train_acc"][3, 1:] = np.nan  # lane 3: done, but its metrics never written
     store["phase"][3] = -1
     store["test_acc"][5, :] = np.nan  # lane 5: only its test accuracy missing
-    store["norm_U"][6, :] = np.nan  # lane 6: only a weight norm
+    store["weight_norm"][6, :] = np.nan  # lane 6: only its weight norm
     logged = []
     again = run_sweep(tiny, out=str(tmp_path), lanes_per_device=1, progress=False, log=logged.append)
     assert any(line.startswith("warning: 3 lane(s)") for line in logged), logged
