@@ -379,9 +379,9 @@ def _print_plan(config: Any, plan: Plan, devices: list, done: np.ndarray, log: C
     rate = _matmul_rate_once()
     fixed = [f"{k}={config[k]}" for k in ("p", "width") if k not in config.sweep]
     batch = f" batch={config.batch_size}" if config.batch_size and "batch_size" not in config.sweep else ""
-    groups = ", ".join(f"{_group_name(plan, g)}{n}" for g, n in plan.compile_groups)
+    groups = "; ".join(f"{_group_name(plan, g)}n_train padded to {n}" for g, n in plan.compile_groups)
     log(f"grid {axes} = {plan.n_lanes} lanes; {' '.join(fixed)} steps={config.steps}{batch}; "
-        f"{len(plan.compile_groups)} compile group(s) (n_train padded to {groups})")
+        f"{len(plan.compile_groups)} compile group(s) ({groups})")
     sizes = sorted({len(c.lanes) for c in plan.chunks})
     log(f"{len(plan.chunks)} chunk(s) of {'/'.join(map(str, sizes))} lanes on {len(devices)} "
         f"{devices[0].platform} device(s); {n_done} lanes already done")

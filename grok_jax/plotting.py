@@ -32,11 +32,16 @@ def title(ds: xr.Dataset) -> str:
     """The settings a figure was made with: the fixed ones and the seed count."""
     c = json.loads(ds.attrs["config"])
     swept = set(json.loads(ds.attrs["axes"]))
-    parts = [f"{c['task']} mod p={c['p']}", f"N={c['width']}", f"φ={c['activation']}",
-             f"{c['loss']}", f"{c['steps']} steps"]
+    fixed = lambda k, text: [] if k in swept else [text]  # noqa: E731  (swept ones label the panels)
+    task = f"{c['task']} mod p={c['p']}" if not {"task", "p"} & swept else None
+    parts = [*fixed("model", c["model"]), *([task] if task else fixed("task", c["task"]) + fixed("p", f"p={c['p']}")),
+             *fixed("width", f"N={c['width']}"), *fixed("activation", f"φ={c['activation']}"),
+             *fixed("loss", c["loss"]), f"{c['steps']} steps"]
+    if c["batch_size"] and "batch_size" not in swept:
+        parts.append(f"batch {c['batch_size']}")
     parts += [f"{k}={c[k]}" for k in ("lr", "alpha", "xi", "wd", "dropout") if k not in swept]
     if c["batchnorm"]:
-        parts.append("BatchNorm")
+        parts.append(f"BatchNorm ({c['bn_stats']} statistics)")
     parts.append(f"{ds.sizes.get('seed', 1)} seed(s)")
     return ", ".join(parts)
 
@@ -47,10 +52,14 @@ def _panels(da: xr.DataArray, x: str, y: str | None) -> list[tuple[str, xr.DataA
     out = []
     for combo in itertools.product(*(range(da.sizes[d]) for d in rest)):
         sel = dict(zip(rest, combo))
-        label = ", ".join(f"{d}={da[d].values[i]:g}" for d, i in sel.items())
+        label = ", ".join(f"{d}={_value(da[d].values[i])}" for d, i in sel.items())
         panel = da.isel(sel)
         out.append((label, panel.transpose(y, x) if y else panel.expand_dims("_", 0)))
     return out
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)
 
 
 def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
@@ -74,10 +83,10 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
         for (i, j), f in np.ndenumerate(frac.values if frac is not None else []):
             if f < 1:
                 ax.text(j, i, f"{f:.0%}", ha="center", va="center", fontsize=7, color="white")
-        ax.set_xticks(range(panel.shape[1]), [f"{v:g}" for v in da[x].values], rotation=90)
+        ax.set_xticks(range(panel.shape[1]), [_value(v) for v in da[x].values], rotation=90)
         ax.set_xlabel(LABELS.get(x, x))
         if y:
-            ax.set_yticks(range(panel.shape[0]), [f"{v:g}" for v in da[y].values])
+            ax.set_yticks(range(panel.shape[0]), [_value(v) for v in da[y].values])
             ax.set_ylabel(LABELS.get(y, y))
         else:
             ax.set_yticks([])
@@ -168,7 +177,7 @@ def phase_table(ds: xr.Dataset) -> str:
             lines.append(f"[{label}]")
         corner = f"{y} \\ {x}" if y else x
         lines.append(f"{corner:>12} " + " ".join(f"{v:>5g}" for v in panel[x].values))
-        ys = [f"{v:g}" for v in panel[y].values] if y else [""]
+        ys = [_value(v) for v in panel[y].values] if y else [""]
         for yv, row, srow in zip(ys, panel.values, disagree.values):
             lines.append(f"{yv:>12} " + " ".join(f"{short(k, s):>5}" for k, s in zip(row, srow)))
     lines.append(legend + ("  (* seeds disagree)" if bool(split.any()) else ""))

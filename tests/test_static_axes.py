@@ -5,6 +5,7 @@ import pytest
 import xarray as xr
 
 from grok_jax import config as cfg
+from grok_jax import plotting
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.plan import make_plan
@@ -41,6 +42,11 @@ def test_p_and_activation_in_one_store(tiny, tmp_path):
     # Each lane trained with its own settings: the relu and quad lanes differ.
     assert not np.allclose(ds.sel(activation="quad").train_loss, ds.sel(activation="relu").train_loss)
     xr.testing.assert_identical(ds, run_sweep(tiny, out=str(tmp_path), **QUIET))  # resumed: nothing to do
+    # Figures and the text table get one panel per static combination, labeled with it.
+    assert len(plotting.save_figures(ds, str(tmp_path))) == 3
+    table = plotting.phase_table(ds)
+    assert "[p=11]\nactivation \\ xi" in table and "[p=13]" in table and "relu" in table  # activation: y axis
+    assert "p=" not in plotting.title(ds) and "φ=" not in plotting.title(ds)
 
 
 @pytest.mark.parametrize("sweep,message", [
