@@ -340,9 +340,8 @@ def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
     names, finals = [], {}
     for group in plan.groups:
         model = get_model(cfg.static_config(group.config))
-        for name in metrics.metric_names(tuple(jax.eval_shape(model.norm_leaves, jax.eval_shape(
-                model.init, jax.random.key(0))["params"]))):
-            names += [name] if name not in names else []
+        params = jax.eval_shape(model.init, jax.random.key(0))["params"]
+        names += [n for n in metrics.metric_names(tuple(model.norm_leaves(params))) if n not in names]
         for name, spec in final_specs(model).items():
             old = finals.get(name, spec)
             if old.dims != spec.dims:
