@@ -67,7 +67,8 @@ def chunk_programs(c, lanes_per_device: int | None = None) -> tuple[Callable, li
     plan = planning.make_plan(c, 4.0, len(devices), lanes_per_device, devices[0].platform)
     mesh = execution.make_mesh(plan, devices)
     chunks = [execution.chunk_lanes(plan, chunk, mesh) for chunk in plan.chunks]
-    program = execution.compiled_train(c, plan.chunks[0].n_max, chunks[0], mesh)[0]
+    program = execution.compiled_train(plan.config(plan.chunks[0]), plan.chunks[0].n_max, chunks[0], mesh,
+                                       plan.n_min(plan.chunks[0]))[0]
     jax.block_until_ready(program(chunks[0]))
     return program, chunks
 

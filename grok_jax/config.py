@@ -13,6 +13,7 @@ import ml_collections
 from grok_jax.data import check_task, split_sizes
 from grok_jax.errors import ConfigError
 from grok_jax.models import MODELS
+from grok_jax.models.mlp2 import BN_STATS
 
 GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")  # installed with the package
 # Settings a sweep may vary per lane inside one compiled program (traced values).
@@ -70,8 +71,8 @@ FIELD_TYPES = {
     "bn_stats": str, "loss": str, "batch_size": int, "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
     "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int,
 }
-CHOICES = {"scale": SCALES, "model": tuple(MODELS), "activation": ("quad", "relu"), "loss": ("mse", "ce"),
-           "bn_stats": ("running", "full_batch")}
+CHOICES = {"scale": SCALES, "model": MODELS, "activation": ("quad", "relu"), "loss": ("mse", "ce"),
+           "bn_stats": BN_STATS}  # MODELS: looked up when checked, so that models registered later count
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # swept values are float32 arrays on the device
 MAX_P = 46340  # pair indices m·p + n are int32: p² < 2³¹
@@ -108,10 +109,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         check_task(task, p)
         for alpha, xi in itertools.product(axis_values(config, "alpha"), axis_values(config, "xi")):
             n_train, _ = split_sizes(alpha, xi, task, p)
-            if config.batchnorm and batch and n_train % batch == 1:
-                raise ConfigError(f"batch_size={batch} with alpha={alpha} at p={p} leaves a last batch of one "
-                                  f"row in every epoch ({n_train} training pairs), whose BatchNorm statistics are "
-                                  "undefined (PyTorch raises); choose another batch_size")
+            rows = min(batch or n_train, n_train)  # rows of a step; the epoch's last batch has the rest
+            if config.batchnorm and 1 in (rows, n_train % rows or rows):
+                raise ConfigError(f"batch_size={batch} with alpha={alpha} at p={p} ({n_train} training pairs) "
+                                  "gives batches of one row, whose BatchNorm statistics are undefined (PyTorch "
+                                  "raises); choose another batch_size or alpha")
 
 
 def _check_sweep(config: ml_collections.ConfigDict) -> None:
@@ -243,6 +245,9 @@ def scale_for_batch(config: ml_collections.ConfigDict, batch_size: int, referenc
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 to scale for")
+    if "batch_size" in config.sweep:
+        raise ConfigError("batch_size is swept: the batch sizes of one store share steps and log_every, so "
+                          "scale each batch size's config separately (one store each)")
     c = ml_collections.ConfigDict(config.to_dict())
     factor = reference / batch_size
     steps, log_every = c.steps * factor, c.log_every * factor

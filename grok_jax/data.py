@@ -217,8 +217,8 @@ def batches_per_epoch(n_train: jax.Array, batch_size: int) -> jax.Array:
 def batch_rows(rows: Rows, order: jax.Array, index: jax.Array, batch_size: int, n_train: jax.Array) -> Rows:
     """Mini-batch ``index`` of an epoch in ``order`` (:func:`epoch_order`): rows
     ``order[index·B : (index+1)·B]`` of the training rows ``rows``. The last batch
-    of an epoch has ``n_train mod B`` real rows (or B); its other ``B`` slots are
-    masked out (``train`` False), so it is a fixed-shape array of ``B`` rows.
+    of an epoch has ``n_train mod B`` real rows (or B); its other slots are masked
+    out (``train`` False), so that every batch is a fixed-shape array of ``B`` rows.
 
     Example:
       >>> batch = batch_rows(training_rows(ds, n_max), order, 3, 64, n_train)

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from grok_jax import config as cfg
 from grok_jax import layouts, metrics, phases, results
 from grok_jax.errors import ConfigError
-from grok_jax.models import FinalSpec, final_specs, flat_variables, get_model
+from grok_jax.models import final_specs, flat_variables, get_model
 from grok_jax.plan import Chunk, Plan, flops_per_lane, make_plan
 from grok_jax.train import Lane, make_train
 
@@ -53,6 +53,7 @@ class ProgramKey(NamedTuple):
     devices: tuple
     layout: layouts.Layout
     reports: int  # progress reports per run
+    n_min: int  # smallest training set of the compile group (see make_train)
 
 
 _PROGRAMS: dict[ProgramKey, Callable] = {}
@@ -96,7 +97,7 @@ def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> layouts.L
                           config.batchnorm, config.batch_size)
 
 
-def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh
+def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh, n_min: int = 1
                    ) -> tuple[Callable, float, bool]:
     """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
     per device) for the static settings of ``config`` (a static group's) and these shapes, the seconds spent on it now
@@ -110,7 +111,8 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     layout = chunk_layout(static, n_max, len(lanes.seed), mesh)
     # Computed whether or not a bar is shown, so that the program is the same either way.
     reports = progress_reports(static, n_max, layout.lanes_per_device, mesh.devices.flat[0].platform)
-    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), layout, reports)
+    n_min = n_min if static.batch_size else 1  # only mini-batches use it
+    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), layout, reports, n_min)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0, False
     start, hits = time.perf_counter(), _CacheHits.count
@@ -120,7 +122,7 @@ def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, m
     # constant initial scale would trip it).
     spec = PartitionSpec("lanes")
     train = make_train(static, n_max, on_log=_on_log, row_blocks=layout.row_blocks, reports=reports,
-                       columns=layout.columns)
+                       columns=layout.columns, n_min=n_min)
     sharded = jax.shard_map(_per_device(train, layout.lanes_per_device), mesh=mesh, in_specs=(spec,),
                             out_specs=spec, check_vma=False)
     _PROGRAMS[key] = jax.jit(sharded, in_shardings=(sharding,)).lower(lanes).compile()
@@ -171,7 +173,7 @@ def _per_device(train: Callable, lanes: int) -> Callable:
 
     Without a lane axis of size one XLA emits plain gathers and scatters (no lane
     index in every gather index) and fuses the backward gathers into their
-    consumer: with the readout's backward of :mod:`grok_jax.models`, about 10%
+    consumer: with the readout's backward of :mod:`grok_jax.models.mlp2`, about 10%
     less time per step at p 31, N 128 on a CPU core.
     """
     if lanes > 1:
@@ -198,8 +200,11 @@ def run_sweep(
     progress: bool = True,
     log: Callable[[str], None] = print,
     lanes_per_device: int | None = None,
+    parameters: bool = True,
 ):
-    """Runs every lane of the grid; returns the results as an ``xarray.Dataset``.
+    """Runs every lane of the grid; returns the results as an ``xarray.Dataset``
+    (without the final parameters with ``out`` and ``parameters=False``: they stay
+    in the store, see :func:`grok_jax.results.load_results`).
 
     Chunks hold, per device, as many lanes as fit in ``memory_gb`` of its memory,
     and at most ``lanes_per_device`` (default:
@@ -238,7 +243,7 @@ def run_sweep(
                                lambda: _empty_results(config, config_json, plan, mesh), len(plan.chunks[0].lanes),
                                RESUMABLE, log, layout=_layout_record(plan, mesh))
         _sweep(config, config_json, plan, mesh, path, done, progress, log)
-    return results.load_results(path)
+    return results.load_results(path, parameters)
 
 
 def _layout_record(plan: Plan, mesh: Mesh) -> dict:
@@ -313,7 +318,7 @@ def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: 
     for i, c in enumerate([*pending, None]):
         if c is not None:
             chunk, group_config = chunk_lanes(plan, c, mesh), plan.config(c)
-            program, seconds, cached = compiled_train(group_config, c.n_max, chunk, mesh)
+            program, seconds, cached = compiled_train(group_config, c.n_max, chunk, mesh, plan.n_min(c))
             if seconds:
                 columns = chunk_layout(group_config, c.n_max, len(c.lanes), mesh).columns
                 wide = f"; readout product {columns} columns wide" if columns > group_config.p else ""
@@ -337,21 +342,20 @@ def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
     Metrics and final arrays are the union over the static groups, each dim as
     large as its largest group's."""
     steps = np.arange(0, config.steps + 1, config.log_every)
-    names, finals = [], {}
+    names, dims, sizes = [], {}, {}
     for group in plan.groups:
         model = get_model(cfg.static_config(group.config))
         params = jax.eval_shape(model.init, jax.random.key(0))["params"]
         names += [n for n in metrics.metric_names(tuple(model.norm_leaves(params))) if n not in names]
         for name, spec in final_specs(model).items():
-            old = finals.get(name, spec)
-            if old.dims != spec.dims:
-                raise ConfigError(f"{name} has dims {old.dims} in one static group and {spec.dims} in another")
-            finals[name] = FinalSpec(spec.dims, tuple(map(max, old.shape, spec.shape)))
-    sizes = {}
-    for spec in finals.values():
-        for d, n in zip(spec.dims, spec.shape):
-            sizes[d] = max(sizes.get(d, 0), n)
-    finals = {name: (spec.dims, tuple(sizes[d] for d in spec.dims)) for name, spec in finals.items()}
+            if dims.setdefault(name, spec.dims) != spec.dims:
+                raise ConfigError(f"{name} has dims {dims[name]} in one static group and {spec.dims} in another")
+            for d, n in zip(spec.dims, spec.shape):
+                sizes[d] = max(sizes.get(d, 0), n)
+    clash = sorted(set(sizes) & set(plan.axes))
+    if clash:
+        raise ConfigError(f"the model's dim {clash[0]!r} has the name of a swept axis")
+    finals = {name: (d, tuple(sizes[k] for k in d)) for name, d in dims.items()}
     flat = results.empty(config_json, plan.axes, steps, tuple(names), finals)
     flat.attrs["layout"] = json.dumps(_layout_record(plan, mesh), sort_keys=True)
     return flat

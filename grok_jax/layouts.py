@@ -69,7 +69,7 @@ def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, bat
 
 
 def readout_columns(platform: str, p: int, lanes_per_device: int) -> int:
-    """Columns of the readout product ``h·W`` (see :func:`grok_jax.models.readout`):
+    """Columns of the readout product ``h·W`` (see :func:`grok_jax.models.mlp2.readout`):
     on a CPU device with one lane, p in :data:`CPU_PADDED_COLUMNS` is rounded up to a
     multiple of 8; elsewhere ``p``. The padded logits equal the plain ones (zero
     columns, sliced off).

@@ -70,6 +70,11 @@ class Plan(NamedTuple):
         """The config of the chunk's static group."""
         return self.groups[chunk.group].config
 
+    def n_min(self, chunk: Chunk) -> int:
+        """The smallest training set of the chunk's compile group."""
+        same = [c.lanes for c in self.chunks if (c.group, c.n_max) == (chunk.group, chunk.n_max)]
+        return int(self.lanes.n_train[np.concatenate(same)].min())
+
 
 def make_plan(
     config: ml_collections.ConfigDict,
@@ -112,7 +117,7 @@ def make_plan(
     n_devices = min(n_devices, len(rows))
     budget = memory_gb * 2**30
     chunks = []
-    for g, (values, group_config) in enumerate(statics):
+    for g, (_, group_config) in enumerate(statics):
         in_group = np.flatnonzero(member == g)
         largest = lane_bytes(group_config, int(lanes.n_train[in_group].max()))
         if largest > budget:

@@ -34,14 +34,14 @@ def title(ds: xr.Dataset) -> str:
     swept = set(json.loads(ds.attrs["axes"]))
     fixed = lambda k, text: [] if k in swept else [text]  # noqa: E731  (swept ones label the panels)
     task = f"{c['task']} mod p={c['p']}" if not {"task", "p"} & swept else None
-    parts = [*fixed("model", c["model"]), *([task] if task else fixed("task", c["task"]) + fixed("p", f"p={c['p']}")),
+    parts = [*fixed("model", c.get("model", "mlp2")), *([task] if task else fixed("task", c["task"]) + fixed("p", f"p={c['p']}")),
              *fixed("width", f"N={c['width']}"), *fixed("activation", f"φ={c['activation']}"),
              *fixed("loss", c["loss"]), f"{c['steps']} steps"]
-    if c["batch_size"] and "batch_size" not in swept:
+    if c.get("batch_size") and "batch_size" not in swept:
         parts.append(f"batch {c['batch_size']}")
     parts += [f"{k}={c[k]}" for k in ("lr", "alpha", "xi", "wd", "dropout") if k not in swept]
     if c["batchnorm"]:
-        parts.append(f"BatchNorm ({c['bn_stats']} statistics)")
+        parts.append(f"BatchNorm ({c.get('bn_stats', 'full_batch')} statistics)")
     parts.append(f"{ds.sizes.get('seed', 1)} seed(s)")
     return ", ".join(parts)
 
@@ -118,7 +118,9 @@ def plot_axes(ds: xr.Dataset) -> tuple[str | None, str | None]:
     """The heatmap axes: ``config.plot.x``/``y`` where swept, else the first axes
     (``None`` when nothing but seeds is swept)."""
     plot = json.loads(ds.attrs["config"])["plot"]
-    axes = [a for a in json.loads(ds.attrs["axes"]) if a != "seed"]
+    swept = [a for a in json.loads(ds.attrs["axes"]) if a != "seed"]
+    # numeric axes first: string axes (activation, ...) make better panels than heatmap axes
+    axes = sorted(swept, key=lambda a: ds[a].dtype.kind not in "biuf")
     if not axes:
         return None, None
     x = plot["x"] if plot["x"] in axes else axes[0]
@@ -176,7 +178,7 @@ def phase_table(ds: xr.Dataset) -> str:
         if label:
             lines.append(f"[{label}]")
         corner = f"{y} \\ {x}" if y else x
-        lines.append(f"{corner:>12} " + " ".join(f"{v:>5g}" for v in panel[x].values))
+        lines.append(f"{corner:>12} " + " ".join(f"{_value(v):>5}" for v in panel[x].values))
         ys = [_value(v) for v in panel[y].values] if y else [""]
         for yv, row, srow in zip(ys, panel.values, disagree.values):
             lines.append(f"{yv:>12} " + " ".join(f"{short(k, s):>5}" for k, s in zip(row, srow)))

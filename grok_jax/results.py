@@ -318,7 +318,7 @@ def fill(flat: xr.Dataset, lanes: np.ndarray, log: dict[str, np.ndarray], final:
     flat["done"].values[lanes] = True
 
 
-def load_results(path: str | os.PathLike) -> xr.Dataset:
+def load_results(path: str | os.PathLike, parameters: bool = True) -> xr.Dataset:
     """Opens a results store as an ``xarray.Dataset`` with one dim per swept axis.
 
     ``path`` is an output directory or the ``.zarr`` store inside it. Variables:
@@ -327,11 +327,16 @@ def load_results(path: str | os.PathLike) -> xr.Dataset:
     ``attrs["phases"]``; -1 for lanes not yet run) and ``done``. With a ``seed`` axis, ``phase_majority``
     and ``phase_fraction`` give each cell's most common phase over seeds and the
     fraction of seeds in it. ``attrs["config"]`` is the full config as JSON.
+    ``parameters=False`` leaves out the final parameters and model state (the
+    dotted variables, most of a large store), e.g. to plot phase diagrams.
     """
     path = store_path(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no results store at {path}")
-    return to_grid(_open(path).load())
+    flat = _open(path)
+    if not parameters:
+        flat = flat.drop_vars([name for name in flat.data_vars if "." in name])
+    return to_grid(flat.load())
 
 
 def to_grid(flat: xr.Dataset) -> xr.Dataset:

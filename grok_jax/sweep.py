@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"warning: no compilation cache ({cache.value}: {e.strerror or e})", file=sys.stderr)
     store = results.store_path(target)
     try:
-        ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None)
+        ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None,
+                       parameters=False)  # the figures need no parameters
         print(plotting.phase_table(ds))
         fallback = plotting.plot_fallback(ds)
         if fallback:

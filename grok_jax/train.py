@@ -118,6 +118,7 @@ def make_train(
     row_blocks: int = 1,
     reports: int = 25,
     columns: int | None = None,
+    n_min: int = 1,
 ) -> Callable[[Lane], tuple[Log, Log]]:
     """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
 
@@ -133,7 +134,10 @@ def make_train(
     batch ``t mod ⌈n_train/B⌉`` of epoch ``t div ⌈n_train/B⌉``. The step count is
     fixed whatever the epoch length.
 
-    ``n_max`` is the padded training-set size of the compile group. ``on_log``, if
+    ``n_max`` is the padded training-set size of the compile group, ``n_min`` a
+    lower bound of its lanes' training-set sizes (mini-batches: it bounds the epochs
+    a logged block spans, whose orders are drawn together; any bound gives the same
+    numbers, a tight one less work). ``on_log``, if
     given, is called on the host with the index of a finished logging block after
     every ``max(1, n_logs // reports)`` of them: ``reports`` to ``2·reports − 1``
     times per run, or once per logged block when there are fewer (for progress
@@ -155,7 +159,11 @@ def make_train(
         raise ValueError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
     if batch and row_blocks > 1:
         raise ValueError(f"row_blocks={row_blocks}: mini-batches are computed in one block")
+    if not 1 <= n_min <= n_max:
+        raise ValueError(f"n_min={n_min} must be in [1, n_max={n_max}]")
     model = get_model(config, readout_columns=columns)
+    # Mini-batches: most epochs one logged block of log_every steps touches.
+    epochs_per_block = -(-(config.log_every - 1) // -(-n_min // batch)) + 1 if batch else 0
     gradient = make_gradient(config, model, row_blocks)
     first_group = next(iter(model.groups))
     if on_log is None or reports < 1:
@@ -201,43 +209,44 @@ def make_train(
             out["ipr"] = jnp.nanmean(model.neuron_ipr(variables["params"])[first_group])
             return out
 
-        def step_rows(order: jax.Array, t: jax.Array) -> tuple[Rows, jax.Array]:
+        def block_orders(first: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+            # The orders of every epoch that the logged block starting at step `first`
+            # touches, computed once per block: under vmap a per-step `cond` would run
+            # both branches, i.e. draw and sort an order every step. A block spans at
+            # most `epochs_per_block` epochs (a lane's epochs are at least as long as
+            # those of the group's smallest training set, `n_min`).
+            if not batch:
+                return None
+            e0 = first // n_batches
+            draw = lambda e: epoch_order(jax.random.fold_in(batch_key, e), n_train, n_max,  # noqa: E731
+                                         num_pairs(config.task, p))
+            return jax.vmap(draw)(e0 + jnp.arange(epochs_per_block)), e0
+
+        def step_rows(orders: tuple | None, t: jax.Array) -> tuple[Rows, jax.Array]:
             # The step's training rows and their count: all of them, or its mini-batch.
-            if not batch:
+            if orders is None:
                 return blocks, n_train
-            batch_rows_t = batch_rows(rows, order, t % n_batches, batch, n_train)
-            return batch_rows_t, jnp.sum(batch_rows_t.train)
+            epoch_orders, e0 = orders
+            rows_t = batch_rows(rows, epoch_orders[t // n_batches - e0], t % n_batches, batch, n_train)
+            return rows_t, jnp.sum(rows_t.train)
 
-        def next_order(carry: tuple, t: jax.Array) -> tuple:
-            # A new epoch's order when step t starts one (a real branch on one lane per
-            # device; under vmap both are computed).
-            if not batch:
-                return carry
-            variables, opt_state, order, epoch = carry
-            new_epoch = t // n_batches
-            order, epoch = jax.lax.cond(
-                new_epoch != epoch,
-                lambda: (epoch_order(jax.random.fold_in(batch_key, new_epoch), n_train, n_max,
-                                     num_pairs(config.task, p)), new_epoch),
-                lambda: (order, epoch))
-            return variables, opt_state, order, epoch
-
-        def step(carry: tuple, t: jax.Array) -> tuple[tuple, Sums]:
-            variables, opt_state, order, epoch = next_order(carry, t)
-            step_in, count = step_rows(order, t)
+        def step(carry: tuple, t: jax.Array, orders: tuple | None) -> tuple[tuple, Sums]:
+            variables, opt_state = carry
+            step_in, count = step_rows(orders, t)
             grads, (sums, state) = gradient(variables, step_in, count, lane.dropout,
                                             jax.random.fold_in(dropout_key, t))
             updates, opt_state = opt.update(grads, opt_state, variables["params"])
             variables = {**variables, **state, "params": optax.apply_updates(variables["params"], updates)}
-            return (variables, opt_state, order, epoch), sums
+            return (variables, opt_state), sums
 
         def logged_block(carry: tuple, block: jax.Array) -> tuple[tuple, Log]:
             # Logs the state the block starts from, with its first step's forward pass.
             first = block * config.log_every
-            after_first, sums = step(carry, first)
+            orders = block_orders(first)
+            after_first, sums = step(carry, first, orders)
             entry = evaluate(carry[0], sums if step_evaluates else None)
             rest = first + 1 + jnp.arange(config.log_every - 1)
-            carry, _ = jax.lax.scan(lambda c, t: (step(c, t)[0], None), after_first, rest)
+            carry, _ = jax.lax.scan(lambda c, t: (step(c, t, orders)[0], None), after_first, rest)
             return carry, entry
 
         def reported_blocks(carry: tuple, first_block: jax.Array) -> tuple[tuple, Log]:
@@ -248,8 +257,7 @@ def make_train(
                 jax.debug.callback(on_log, first_block + per_report - 1)
             return carry, log
 
-        # (variables, optimizer state, this epoch's order of rows, epoch; -1: none yet)
-        carry = (variables, opt.init(variables["params"]), jnp.arange(n_max, dtype=jnp.int32), jnp.int32(-1))
+        carry = (variables, opt.init(variables["params"]))
         carry, log = jax.lax.scan(reported_blocks, carry, jnp.arange(0, n_reports * per_report, per_report))
         log = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), log)
         if n_logs > n_reports * per_report:  # the last few blocks, unreported

@@ -1,7 +1,8 @@
 """The random draws of one run, from the keys the README documents
 (``fold_in(key(seed), stream)``), for the NumPy reference to build everything else
 from: the shuffle of the pairs, the noise labels, the initial normals, the dropout
-uniforms (step ``t``: ``fold_in(dropout key, t)``, then one key per pair index)."""
+uniforms (step ``t``: ``fold_in(dropout key, t)``, then one key per pair index), the
+mini-batch order's random words (epoch ``e``: ``fold_in(batch key, e)``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-STREAMS = {"init": 0, "split": 1, "corrupt": 2, "dropout": 3}
+STREAMS = {"init": 0, "split": 1, "corrupt": 2, "dropout": 3, "batch": 4}
 
 
 def key(seed: int, stream: str) -> jax.Array:
@@ -37,3 +38,10 @@ def dropout(seed: int, t: int, pairs: np.ndarray, width: int) -> np.ndarray:
 def dropout_from_key(step: jax.Array, pairs: np.ndarray, width: int) -> np.ndarray:
     """The uniforms a step with key ``step`` draws: one key per pair index."""
     return np.asarray(jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(step, i), (width,)))(pairs))
+
+
+def epoch_bits(seed: int, epoch: int, total: int) -> np.ndarray:
+    """Epoch ``epoch``'s random words of the mini-batch order: ``total`` (one per usable
+    pair) uint32 from ``bits(fold_in(batch key, epoch))``; training row r takes word r."""
+    step = jax.random.fold_in(key(seed, "batch"), epoch)
+    return np.asarray(jax.random.bits(step, (total,), jnp.uint32))

@@ -57,6 +57,8 @@ DATA = ("tests/test_data.py",)
 ADAMW = ("tests/test_train.py", "-kadamw or every_logged_metric")
 LANES = ("tests/test_lanes.py",)
 PHASES = ("tests/test_phases.py", "tests/test_reference.py")
+MINIBATCH = ("tests/test_minibatch.py",)
+STATIC = ("tests/test_static_axes.py",)
 
 MUTANTS: list[Mutant] = [
     Mutant("data_no_corruption", "data", "grok_jax/data.py",
@@ -99,6 +101,22 @@ MUTANTS: list[Mutant] = [
            "pre = jnp.where(keep, pre / (1.0 - rate), 0.0)", "pre = jnp.where(keep, pre, 0.0)", ORACLE),
     Mutant("dropout_keeps_the_dropped", "dropout", "grok_jax/models/mlp2.py",
            "keep = noise >= rate", "keep = noise < 1.0 - rate", ORACLE),
+    Mutant("bn_running_var_biased", "BatchNorm", "grok_jax/models/mlp2.py",
+           "var = batch.var * count / (count - 1)", "var = batch.var", MINIBATCH),
+    Mutant("bn_momentum_09", "BatchNorm", "grok_jax/models/mlp2.py",
+           "BN_MOMENTUM = 0.1  #", "BN_MOMENTUM = 0.9  #", MINIBATCH),
+    Mutant("minibatch_padding_drawn", "mini-batch", "grok_jax/data.py",
+           "jnp.where(jnp.arange(n_max) < n_train, bits,", "jnp.where(jnp.arange(n_max) <= n_train, bits,",
+           MINIBATCH),
+    Mutant("minibatch_drop_last", "mini-batch", "grok_jax/data.py",
+           "return (n_train + batch_size - 1) // batch_size", "return n_train // batch_size", MINIBATCH),
+    Mutant("minibatch_loss_over_batch_size", "mini-batch", "grok_jax/train.py",
+           "return batch_rows_t, jnp.sum(batch_rows_t.train)", "return batch_rows_t, jnp.float32(batch)",
+           MINIBATCH),
+    Mutant("minibatch_same_order_every_epoch", "mini-batch", "grok_jax/train.py",
+           "jax.random.fold_in(batch_key, new_epoch)", "batch_key", MINIBATCH),
+    Mutant("static_group_of_the_first_value", "static axes", "grok_jax/plan.py",
+           "g = keys.index(tuple(values[name] for name in static_names))", "g = 0", STATIC),
     Mutant("phase_threshold_085", "phases", "grok_jax/phases.py",
            "THRESHOLD = 0.9  #", "THRESHOLD = 0.85  #", PHASES),
     Mutant("phase_inversion_boundary_1", "phases", "grok_jax/phases.py",

@@ -1,8 +1,9 @@
 """Independent plain-NumPy reference (test oracle) for grok_jax.
 
 It shares no code with grok_jax: it builds the data set, the initial weights, the
-dropout masks and BatchNorm from the random draws it is handed (tests draw them
-with jax.random from the documented keys) and from the paper's definitions.
+dropout masks, the mini-batches and BatchNorm (with its running statistics) from the
+random draws it is handed (tests draw them with jax.random from the documented keys)
+and from the paper's definitions.
 
 Layout: U (p, N), V (p, N), W (N, p); f(m, n) = phi(U[m] + V[n]) @ W gives p logits.
 U[i, k] is the paper's U_{k i}; W[k, q] is the paper's W_{q k}. Everything in float64.
@@ -89,20 +90,33 @@ def _features(params: dict, m, n, activation: str, rate: float = 0.0, noise=None
     return a, da * keep
 
 
-def _batchnorm(params: dict, a: np.ndarray, stats_rows: np.ndarray) -> tuple[np.ndarray, tuple]:
-    """BatchNorm of ``a`` with the mean and biased variance of ``stats_rows``."""
-    mean, var = stats_rows.mean(axis=0), stats_rows.var(axis=0)
+def _batchnorm(params: dict, a: np.ndarray, stats_rows: np.ndarray | None, stats: dict | None = None
+               ) -> tuple[np.ndarray, tuple]:
+    """BatchNorm of ``a`` with the mean and biased variance of ``stats_rows``, or with
+    ``stats["mean"]`` and ``stats["var"]`` when given (running statistics)."""
+    if stats is not None:
+        mean, var = np.asarray(stats["mean"], np.float64), np.asarray(stats["var"], np.float64)
+    else:
+        mean, var = stats_rows.mean(axis=0), stats_rows.var(axis=0)
     xhat = (a - mean) / np.sqrt(var + BN_EPS)
     return xhat * params["bn_scale"] + params["bn_shift"], (xhat, var)
 
 
-def forward(params: dict, m: np.ndarray, n: np.ndarray, activation: str, stats_rows: np.ndarray | None = None
-            ) -> np.ndarray:
+def feature_stats(params: dict, m: np.ndarray, n: np.ndarray, activation: str = "quad") -> dict:
+    """The mean and the biased variance of the features φ(U[m] + V[n]) over these rows
+    (BatchNorm's full-batch statistics over the training rows)."""
+    a, _ = _features(params, m, n, activation)
+    return {"mean": a.mean(axis=0), "var": a.var(axis=0)}
+
+
+def forward(params: dict, m: np.ndarray, n: np.ndarray, activation: str, stats_rows: np.ndarray | None = None,
+            stats: dict | None = None) -> np.ndarray:
     """Eval-mode logits phi(U[m] + V[n]) @ W; with BatchNorm (``bn_scale`` in
-    params) normalized by the statistics of the features ``stats_rows``."""
+    params) normalized by the statistics of the features ``stats_rows``, or by the
+    running statistics ``stats`` (``{"mean", "var"}``) when given."""
     a, _ = _features(params, m, n, activation)
     if "bn_scale" in params:
-        a, _ = _batchnorm(params, a, stats_rows)
+        a, _ = _batchnorm(params, a, stats_rows, stats)
     return a @ np.asarray(params["W"], np.float64)
 
 
@@ -154,22 +168,46 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
                     steps: int, lr: float, wd: float, b1: float = 0.9, b2: float = 0.98,
                     eps: float = 1e-8, activation: str = "quad",
                     loss: str = "mse", history: list | None = None, rate: float = 0.0,
-                    noise: Callable[[int], np.ndarray] | None = None) -> tuple[dict, list[float]]:
-    """Full-batch training with torch.optim.AdamW semantics (decoupled decay first,
-    every parameter decayed); step t's dropout draws are ``noise(t)``.
+                    noise: Callable[[int], np.ndarray] | None = None,
+                    batches: Callable[[int], np.ndarray] | None = None, running_history: list | None = None,
+                    momentum: float = 0.1) -> tuple[dict, list[float]]:
+    """Training with torch.optim.AdamW semantics (decoupled decay first, every
+    parameter decayed); step t's dropout draws are ``noise(t)``, one row of draws
+    per row of ``m`` (all rows, whichever are in the step's batch).
+
+    Full batch, or with ``batches`` mini-batches: step t's loss (a mean) and gradient
+    are over the rows ``batches(t)`` (indices into ``m``, ``n``, ``y``; see
+    :func:`batch_schedule`). BatchNorm normalizes with the step's batch statistics.
 
     Returns (final params, loss at the start of each step; length `steps`).
     params0 is copied, not mutated. If given, `history` receives a copy of the params
-    at the start of every step and at the end (steps + 1 entries).
+    at the start of every step and at the end (steps + 1 entries). If given (with
+    BatchNorm), `running_history` receives BatchNorm's running statistics
+    ``{"mean", "var"}`` likewise (PyTorch BatchNorm1d: mean 0 and variance 1 at
+    first; after each step's forward ``(1 − momentum)·running + momentum·batch``,
+    with the batch's unbiased variance).
     """
     w = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params0.items()}
     mom = {k: np.zeros_like(v) for k, v in w.items()}
     vel = {k: np.zeros_like(v) for k, v in w.items()}
     losses: list[float] = []
+    m, n, y = np.asarray(m), np.asarray(n), np.asarray(y)
+    running = None
+    if running_history is not None and "bn_scale" in w:
+        running = {"mean": np.zeros(len(w["bn_scale"])), "var": np.ones(len(w["bn_scale"]))}
     for t in range(1, steps + 1):
         if history is not None:
             history.append({k: v.copy() for k, v in w.items()})
-        L, g = loss_and_grads(w, m, n, y, activation, loss, rate, noise(t - 1) if noise else None)
+        if running is not None:
+            running_history.append({k: v.copy() for k, v in running.items()})
+        rows = np.arange(len(m)) if batches is None else np.asarray(batches(t - 1))
+        uniforms = noise(t - 1)[rows] if noise else None
+        L, g = loss_and_grads(w, m[rows], n[rows], y[rows], activation, loss, rate, uniforms)
+        if running is not None:  # the batch's features in train mode, at the step's starting weights
+            a, _ = _features(w, m[rows], n[rows], activation, rate, uniforms)
+            unbiased = a.var(axis=0) * len(rows) / (len(rows) - 1)
+            running = {"mean": (1 - momentum) * running["mean"] + momentum * a.mean(axis=0),
+                       "var": (1 - momentum) * running["var"] + momentum * unbiased}
         losses.append(L)
         for k in w:
             w[k] = w[k] * (1.0 - lr * wd)
@@ -180,17 +218,50 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
             w[k] = w[k] - lr * mhat / (np.sqrt(vhat) + eps)
     if history is not None:
         history.append({k: v.copy() for k, v in w.items()})
+    if running is not None:
+        running_history.append({k: v.copy() for k, v in running.items()})
     return w, losses
 
 
-def counts(params: dict, data: dict, activation: str = "quad", loss: str = "mse") -> dict:
+def epoch_order(bits: np.ndarray, n_train: int) -> np.ndarray:
+    """The order of the ``n_train`` training rows in one epoch of mini-batches: by the
+    top 31 bits of each row's random word (``bits[r] >> 1``; row r takes word r),
+    ties in row order (a stable sort). Padding rows are never drawn."""
+    return np.argsort(np.asarray(bits, np.uint32)[:n_train] >> np.uint32(1), kind="stable")
+
+
+def batch_schedule(bits: Callable[[int], np.ndarray], n_train: int, batch_size: int
+                   ) -> Callable[[int], np.ndarray]:
+    """``batches(t)`` for :func:`train_reference`: the training rows of step t.
+
+    Each epoch cuts its order (:func:`epoch_order` of ``bits(epoch)``) into
+    ⌈n_train / batch_size⌉ batches of ``batch_size`` rows, the last one partial
+    (PyTorch's DataLoader with drop_last=False); step t is batch t mod that count of
+    epoch t div it.
+    """
+    per_epoch = -(-n_train // batch_size)
+    orders: dict[int, np.ndarray] = {}
+
+    def batches(t: int) -> np.ndarray:
+        epoch, j = divmod(t, per_epoch)
+        if epoch not in orders:
+            orders[epoch] = epoch_order(bits(epoch), n_train)
+        return orders[epoch][j * batch_size:(j + 1) * batch_size]
+
+    return batches
+
+
+def counts(params: dict, data: dict, activation: str = "quad", loss: str = "mse", bn_stats: dict | None = None
+           ) -> dict:
     """Eval-mode loss sums and correct-prediction counts of every set, with its size.
 
-    A prediction is correct when the label's logit is the unique maximum."""
+    A prediction is correct when the label's logit is the unique maximum. BatchNorm
+    normalizes with the training rows' statistics, or with the running statistics
+    ``bn_stats`` (``{"mean", "var"}``) when given."""
     order, n_train, n_corrupt = data["order"][:data["usable"]], data["n_train"], data["n_corrupt"]
     m, n = np.divmod(order, len(params["W"][0]))
     a, _ = _features(params, m[:n_train], n[:n_train], activation)
-    z = forward(params, m, n, activation, stats_rows=a)
+    z = forward(params, m, n, activation, stats_rows=a, stats=bn_stats)
     p = z.shape[1]
     true = data["pair_label"][order]
     y = np.concatenate([data["label"][:n_train], true[n_train:]])
@@ -213,11 +284,12 @@ def counts(params: dict, data: dict, activation: str = "quad", loss: str = "mse"
     return out
 
 
-def metrics(params: dict, data: dict, activation: str = "quad", loss: str = "mse") -> dict:
+def metrics(params: dict, data: dict, activation: str = "quad", loss: str = "mse", bn_stats: dict | None = None
+            ) -> dict:
     """The logged metrics of a state (eval mode) over every usable pair (NaN for an
-    empty set); BatchNorm uses the training rows' statistics."""
-    out = {name: total / size if size else np.nan for name, (total, size) in counts(params, data, activation,
-                                                                                    loss).items()}
+    empty set); BatchNorm uses the training rows' statistics, or ``bn_stats``."""
+    out = {name: total / size if size else np.nan
+           for name, (total, size) in counts(params, data, activation, loss, bn_stats).items()}
     U, V, W = (np.asarray(params[k], np.float64) for k in "UVW")
     out.update({"norm_U": np.linalg.norm(U), "norm_V": np.linalg.norm(V), "norm_W": np.linalg.norm(W),
                 "weight_norm": np.sqrt(np.sum(U**2) + np.sum(V**2) + np.sum(W**2)),

@@ -8,6 +8,7 @@ from grok_jax import config as cfg
 from grok_jax import plotting
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
+from grok_jax.results import load_results
 from grok_jax.plan import make_plan
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -27,6 +28,9 @@ def test_a_width_sweep_equals_separate_sweeps_per_width(tiny, tmp_path):
         # past its width a lane's per-neuron arrays are NaN
         assert np.isnan(both.sel(width=width).isel(hidden=slice(width, None))["ipr_hidden"].values).all()
     assert both.attrs["config"] and "width" in both.attrs["axes"]
+    light = load_results(tmp_path / "both", parameters=False)
+    assert "params.U" not in light and "ipr_hidden" in light
+    xr.testing.assert_identical(light, both.drop_vars([n for n in both.data_vars if "." in n]))
 
 
 def test_p_and_activation_in_one_store(tiny, tmp_path):
@@ -45,7 +49,8 @@ def test_p_and_activation_in_one_store(tiny, tmp_path):
     # Figures and the text table get one panel per static combination, labeled with it.
     assert len(plotting.save_figures(ds, str(tmp_path))) == 3
     table = plotting.phase_table(ds)
-    assert "[p=11]\nactivation \\ xi" in table and "[p=13]" in table and "relu" in table  # activation: y axis
+    # numeric axes make the heatmaps (p × ξ), the string axis the panels
+    assert "[activation=quad]\n      p \\ xi" in table and "[activation=relu]" in table
     assert "p=" not in plotting.title(ds) and "φ=" not in plotting.title(ds)
 
 
@@ -69,3 +74,6 @@ def test_scale_for_batch_is_the_papers():
     assert config.batch_size == 0 and config.steps == 1000  # the original is untouched
     with pytest.raises(ConfigError, match="batch_size=0"):
         cfg.scale_for_batch(config, 0)
+    config.sweep.batch_size = (16, 64)
+    with pytest.raises(ConfigError, match="batch_size is swept"):
+        cfg.scale_for_batch(config, 64)

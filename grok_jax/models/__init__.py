@@ -20,7 +20,8 @@ Variables = dict[str, Any]  # {"params": {...}} plus model state, e.g. {"batch_s
 
 
 class Inputs(NamedTuple):
-    """Rows a model is applied to (any leading shape, all fields alike)."""
+    """Rows a model is applied to: any leading shape, all fields alike (one axis of
+    rows for a model with batch statistics)."""
 
     m: jax.Array  # int32 first operand
     n: jax.Array  # int32 second operand

@@ -271,7 +271,7 @@ class MLP2(NamedTuple):
     def param_dims(self) -> dict[str, tuple[str, ...]]:
         dims = {"params.U": ("operand", "hidden"), "params.V": ("operand", "hidden"), "params.W": ("hidden", "logit")}
         if self.batchnorm:
-            dims.update({f"{leaf}": ("hidden",) for leaf in (
+            dims.update({leaf: ("hidden",) for leaf in (
                 "params.bn_scale", "params.bn_shift", "batch_stats.mean", "batch_stats.var")})
         return dims
 
