@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from grok_jax import config as cfg
-from grok_jax import plotting
+from grok_jax import plotting, results
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.results import load_results
@@ -77,3 +78,20 @@ def test_scale_for_batch_is_the_papers():
     config.sweep.batch_size = (16, 64)
     with pytest.raises(ConfigError, match="batch_size is swept"):
         cfg.scale_for_batch(config, 64)
+
+
+def test_a_resumed_static_axes_store_equals_an_uninterrupted_one(tiny, tmp_path):
+    tiny.sweep.width = (8, 16)
+    whole = run_sweep(tiny, out=str(tmp_path / "whole"), **QUIET)
+    run_sweep(tiny, out=str(tmp_path / "cut"), **QUIET)
+    store = zarr.open_group(results.store_path(tmp_path / "cut"), mode="r+")
+    lost = [1, 6, 12]  # lanes of both widths, as if the run had died before committing them
+    done = store["done"][:]
+    done[lost] = False
+    store["done"][:] = done
+    for name in ("train_loss", "ipr_hidden", "params.U"):
+        store[name][lost] = np.nan
+    logged = []
+    resumed = run_sweep(tiny, out=str(tmp_path / "cut"), progress=False, log=logged.append)
+    assert any("13 lanes already done" in line for line in logged), logged
+    xr.testing.assert_identical(resumed, whole)
