@@ -25,7 +25,7 @@ from grok_jax.models import Inputs, Model, Variables, get_model
 
 # Each random stream gets its own key, ``fold_in(key(seed), stream)``, so changing
 # one setting (e.g. dropout) never changes another stream (e.g. the split).
-STREAMS = {"init": 0, "split": 1, "corrupt": 2, "dropout": 3, "batch": 4}
+STREAMS = {"init": 0, "split": 1, "corrupt": 2, "dropout": 3, "batch": 4, "prune": 5}
 
 
 class Lane(NamedTuple):

@@ -1,0 +1,178 @@
+"""Pruning by IPR (PAPER.md §6, finding 5; Fig. 6): neurons zeroed cumulatively, no retraining.
+
+From a results store's final parameters, each lane's neurons are ranked by their
+final IPR and zeroed in that order through the model's neuron mask: lowest IPR
+first, highest IPR first, and, as a control, in random orders. Every pruning count
+of every lane is evaluated in eval mode over all pairs by one compiled program per
+static group (``vmap`` over lanes, ``lax.map`` over the counts):
+
+    >>> curves = grok_jax.pruning.prune("results/fig6", random=5)
+    >>> curves.test_acc.sel(order="low").plot(x="fraction")
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import xarray as xr
+
+from grok_jax import config as cfg
+from grok_jax import metrics, results
+from grok_jax.data import held_out_rows, make_dataset, num_pairs, training_rows
+from grok_jax.errors import ConfigError
+from grok_jax.models import final_specs, get_model
+from grok_jax.plan import make_plan
+from grok_jax.train import Lane, inputs, stream_key
+
+# The metrics of a pruned network (those of grok_jax.metrics.METRICS that depend on the logits).
+PRUNED_METRICS = ("train_loss", "test_loss", "train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc")
+ORDERS = ("low", "high")  # lowest IPR first, highest IPR first
+BATCH = 8  # pruning counts evaluated at once per lane (lax.map's batch_size)
+
+
+def pruning_orders(ipr: jax.Array, key: jax.Array, random: int = 0) -> jax.Array:
+    """Neuron indices in pruning order, ``(2 + random, n)``: lowest IPR first,
+    highest IPR first, then ``random`` uniform permutations from ``key``. Neurons
+    without an IPR (all-zero weights, NaN) count as the lowest: they go first when
+    the lowest go first and last otherwise (pruning them changes nothing).
+
+    Example:
+      >>> pruning_orders(jnp.array([0.5, 0.1, 0.9]), jax.random.key(0)).tolist()
+      [[1, 0, 2], [2, 0, 1]]
+    """
+    score = jnp.where(jnp.isnan(ipr), -jnp.inf, ipr)
+    orders = [jnp.argsort(score, stable=True), jnp.argsort(-score, stable=True)]
+    orders += [jax.random.permutation(jax.random.fold_in(key, r), ipr.shape[0]) for r in range(random)]
+    return jnp.stack(orders).astype(jnp.int32)
+
+
+def pruning_masks(order: jax.Array, counts: jax.Array) -> jax.Array:
+    """Neuron masks ``(len(counts), n)``: mask ``k`` zeroes the first ``counts[k]``
+    neurons of ``order`` and keeps the others."""
+    rank = jnp.zeros(order.shape[0], jnp.int32).at[order].set(jnp.arange(order.shape[0], dtype=jnp.int32))
+    return (rank[None, :] >= counts[:, None]).astype(jnp.float32)
+
+
+def make_evaluate(config: Any, n_max: int, batch: int = BATCH) -> Callable[..., dict[str, jax.Array]]:
+    """Returns ``evaluate(lane, variables, masks) -> metrics``: the lane's network
+    (its data rebuilt from its seed, as in training) in eval mode over every pair
+    with each of ``masks`` ``(K, n)`` on the model's first neuron group; each metric
+    of :data:`PRUNED_METRICS` has shape ``(K,)``. ``batch`` masks are evaluated at
+    once (memory: ``batch`` forwards over all pairs)."""
+    model = get_model(config)
+    group = next(iter(model.groups))
+
+    def evaluate(lane: Lane, variables: dict, masks: jax.Array) -> dict[str, jax.Array]:
+        ds = make_dataset(stream_key(lane.seed, "split"), stream_key(lane.seed, "corrupt"), lane.n_train,
+                          lane.n_corrupt, task=config.task, p=config.p, n_max=n_max)
+        rows, tests = training_rows(ds, n_max), held_out_rows(ds, n_max, config.task, config.p)
+        n_train = jnp.sum(ds.train)
+
+        def one(mask: jax.Array) -> dict[str, jax.Array]:
+            sums = None
+            for part in (rows, tests):
+                logits, _ = model.apply(variables, inputs(part), train=False, neuron_mask={group: mask})
+                new = metrics.row_sums(logits, part, config.loss)
+                sums = new if sums is None else jax.tree.map(jnp.add, sums, new)
+            out = metrics.means(sums, n_train, lane.n_corrupt, num_pairs(config.task, config.p) - n_train)
+            return {name: out[name] for name in PRUNED_METRICS}
+
+        return jax.lax.map(one, masks, batch_size=batch)
+
+    return evaluate
+
+
+def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, random: int = 0,
+          memory_gb: float = 2.0) -> xr.Dataset:
+    """Pruning curves of every finished lane of a results store (a path or the
+    dataset of :func:`grok_jax.load_results`): for each order (``"low"``,
+    ``"high"``, ``"random 0"``, ...; see :func:`pruning_orders`) and each fraction of
+    the first neuron group pruned (default: every count from 0 to all), the metrics
+    of :data:`PRUNED_METRICS`. Dims: the store's axes, ``order``, ``fraction``
+    (counts ``round(fraction · n)`` per static group); lanes not done are NaN.
+    ``attrs["config"]`` is the store's. Lanes are evaluated in chunks of about
+    ``memory_gb`` of activations.
+    """
+    ds = results.load_results(store) if not isinstance(store, xr.Dataset) else store
+    config = ml_collections.ConfigDict(json.loads(ds.attrs["config"]))
+    if not (isinstance(random, int) and random >= 0):
+        raise ConfigError(f"random={random!r} must be an integer >= 0 (random pruning orders per lane)")
+    plan = make_plan(config, memory_gb=1e9)
+    flat = ds.stack(lane=list(plan.axes)).transpose("lane", ...) if plan.axes else ds.expand_dims("lane")
+    widths = [next(iter(get_model(cfg.static_config(g.config)).groups.values())) for g in plan.groups]
+    if fractions is None:
+        fractions = np.arange(max(widths) + 1) / max(widths)
+    fractions = np.asarray(fractions, np.float64)
+    if fractions.ndim != 1 or not len(fractions) or not ((fractions >= 0) & (fractions <= 1)).all():
+        raise ConfigError(f"fractions={fractions.tolist()} must be a non-empty list of numbers in [0, 1]")
+    names = list(ORDERS) + [f"random {r}" for r in range(random)]
+    out = {name: np.full((plan.n_lanes, len(names), len(fractions)), np.nan, np.float32) for name in PRUNED_METRICS}
+    done = flat["done"].values.astype(bool)
+    for g, group in enumerate(plan.groups):
+        lanes = np.unique(np.concatenate([c.lanes[:c.count] for c in plan.chunks if c.group == g]))
+        lanes = lanes[done[lanes]]
+        if not len(lanes):
+            continue
+        values = _prune_group(cfg.static_config(group.config), plan, flat, lanes, fractions, random, memory_gb)
+        for name in PRUNED_METRICS:
+            out[name][lanes] = values[name]
+    return _curves(ds, plan.axes, names, fractions, out)
+
+
+def _prune_group(static: Any, plan: Any, flat: xr.Dataset, lanes: np.ndarray, fractions: np.ndarray,
+                 random: int, memory_gb: float) -> dict[str, np.ndarray]:
+    """The curves of ``lanes``, all of one static group: ``(lanes, orders, fractions)``,
+    computed in equal chunks of lanes (the last padded: one program)."""
+    model = get_model(static)
+    group, width = next(iter(model.groups.items()))
+    n_max = int(plan.lanes.n_train[lanes].max())
+    counts = jnp.asarray(np.round(fractions * width).astype(np.int32))
+    specs = final_specs(model)
+    variables = {path: jnp.asarray(flat[path].values[lanes][(slice(None), *map(slice, specs[path].shape))])
+                 for path in model.param_dims}
+    iprs = jnp.asarray(flat[f"ipr_{group}"].values[lanes][:, :width])
+    lane = Lane(*(jnp.asarray(a[lanes]) for a in plan.lanes))
+    evaluate = make_evaluate(static, n_max)
+
+    def curves(lane: Lane, flat_variables: dict, ipr: jax.Array) -> dict[str, jax.Array]:
+        orders = pruning_orders(ipr, stream_key(lane.seed, "prune"), random)
+        masks = jax.vmap(pruning_masks, in_axes=(0, None))(orders, counts)  # (orders, K, n)
+        values = evaluate(lane, _nest(flat_variables), masks.reshape(-1, width))
+        return jax.tree.map(lambda v: v.reshape(orders.shape[0], len(counts)), values)
+
+    # a lane's forwards at once: BATCH masks × all pairs × (N + p) floats, a few times over
+    per_lane = 4 * 4 * BATCH * num_pairs(static.task, static.p) * (width + static.p)
+    size = int(max(1, min(len(lanes), memory_gb * 2**30 // per_lane)))
+    program = jax.jit(jax.vmap(curves))
+    parts = []
+    for start in range(0, len(lanes), size):
+        take = np.minimum(np.arange(start, start + size), len(lanes) - 1)  # pad with the last lane
+        args = jax.tree.map(lambda a: a[take], (lane, variables, iprs))
+        parts.append(jax.tree.map(lambda v: np.asarray(v)[:len(lanes) - start], program(*args)))
+    return {name: np.concatenate([part[name] for part in parts]) for name in PRUNED_METRICS}
+
+
+def _nest(flat: dict[str, jax.Array]) -> dict:
+    """``{"params.U": x}`` -> ``{"params": {"U": x}}``."""
+    nested: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node = nested
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return nested
+
+
+def _curves(ds: xr.Dataset, axes: dict, names: list[str], fractions: np.ndarray, out: dict) -> xr.Dataset:
+    shape = tuple(len(v) for v in axes.values())
+    dims = (*axes, "order", "fraction")
+    data = {name: (dims, v.reshape(*shape, len(names), len(fractions))) for name, v in out.items()}
+    coords = {name: (name, list(values)) for name, values in axes.items()}
+    coords.update(order=("order", names), fraction=("fraction", fractions))
+    return xr.Dataset(data, coords, {"config": ds.attrs["config"]})
