@@ -284,6 +284,7 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
     returns the results."""
     _print_plan(config, plan, list(mesh.devices.flat), done, log)
     pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
+    steps = np.arange(0, config.steps + 1, config.log_every)
     collected: list[tuple] = []
 
     def finish(chunk: Chunk, outputs: tuple) -> None:
@@ -296,6 +297,9 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
         variables = out_final.pop("variables")
         out_final.update(flat_variables(variables))
         phase = phases.classify_log(out_log, plan.xi[lanes])
+        out_final["grok_step"] = phases.grokking_step(out_log["test_acc"], steps).astype(np.float32)
+        out_final["unlearn_step"] = phases.unlearning_step(out_log["train_acc"], plan.xi[lanes], steps
+                                                           ).astype(np.float32)
         if path:
             results.write(path, lanes, out_log, out_final, phase)
         else:
@@ -356,6 +360,7 @@ def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
     if clash:
         raise ConfigError(f"the model's dim {clash[0]!r} has the name of a swept axis")
     finals = {name: (d, tuple(sizes[k] for k in d)) for name, d in dims.items()}
+    finals.update(grok_step=((), ()), unlearn_step=((), ()))  # see grok_jax.phases
     flat = results.empty(config_json, plan.axes, steps, tuple(names), finals)
     flat.attrs["layout"] = json.dumps(_layout_record(plan, mesh), sort_keys=True)
     return flat

@@ -40,6 +40,10 @@ THRESHOLD = 0.9  # accuracy that counts as "high"
 # and 1.05 − 0.35 is 0.7000000000000001 in float64; neither may flip a phase.
 TOL = 1e-6
 FORGET_NORM_RATIO = 0.5  # final/initial weight norm below which a run has collapsed
+# Unlearned (PAPER.md §6, finding 3): train accuracy down to 1 − UNLEARN_FRACTION·ξ, i.e.
+# 90% of the corrupted examples no longer fit their labels (the rest of the way to the
+# 100(1 − ξ)% of a full inversion is the stated tolerance, 0.1·ξ).
+UNLEARN_FRACTION = 0.9
 (COEXISTENCE, PARTIAL, FULL, MEMORIZATION, FORGETTING, CONFUSION, DIVERGED) = range(7)
 
 
@@ -87,6 +91,40 @@ def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
         peak = np.nanmax(np.maximum(log["train_acc"], log["test_acc"]), axis=-1)
         norm_ratio = log["weight_norm"][..., -1] / log["weight_norm"][..., 0]
     return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, norm_ratio, finite)
+
+
+def grokking_step(test_acc: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The first logged step whose test accuracy is high (≥ 90%), over the last
+    axis of ``test_acc`` (logged at ``steps``); NaN for a run that never got there.
+
+    Example:
+      >>> grokking_step(np.array([0.1, 0.5, 0.95, 0.8]), np.array([0, 10, 20, 30]))
+      array(20.)
+    """
+    return _first(np.asarray(test_acc) >= THRESHOLD - TOL, steps)
+
+
+def unlearning_step(train_acc: np.ndarray, xi: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The first logged step at which a run that had memorized (train accuracy
+    ≥ 90% and above the unlearned level) has unlearned: train accuracy at most
+    ``1 − UNLEARN_FRACTION·ξ``. NaN if it never did (always at ξ = 0: nothing to
+    unlearn). ``xi`` broadcasts against ``train_acc``'s leading axes.
+
+    Example:
+      >>> unlearning_step(np.array([0.2, 1.0, 1.0, 0.7]), 0.3, np.array([0, 10, 20, 30]))
+      array(30.)
+    """
+    train_acc = np.asarray(train_acc)
+    level = 1.0 - UNLEARN_FRACTION * np.asarray(xi, np.float64)[..., None] + TOL
+    memorized = (train_acc >= THRESHOLD - TOL) & (train_acc > level)
+    before = np.zeros_like(memorized)
+    before[..., 1:] = np.logical_or.accumulate(memorized, axis=-1)[..., :-1]  # at an earlier step
+    return _first(before & (train_acc <= level), steps)
+
+
+def _first(hit: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The step of the first True along the last axis; NaN where there is none."""
+    return np.where(hit.any(axis=-1), np.asarray(steps, np.float64)[np.argmax(hit, axis=-1)], np.nan)
 
 
 def majority(phase: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

@@ -53,3 +53,35 @@ def test_majority_and_ties():
     top, frac = majority(phase, axis=1)
     np.testing.assert_array_equal(top, [0, 3, 4])  # the 3-way tie goes to the lowest code
     np.testing.assert_allclose(frac, [2 / 3, 2 / 3, 1 / 3])
+
+
+STEPS = np.arange(0, 60, 10)
+
+
+@pytest.mark.parametrize("curve,step", [
+    ([0.1, 0.2, 0.3, 0.3, 0.4, 0.5], np.nan),  # never
+    ([0.95, 0.97, 1.0, 1.0, 1.0, 1.0], 0.0),  # immediately
+    ([0.0, 0.0, 0.1, 0.2, 0.5, 0.9], 50.0),  # late: exactly 90% counts
+    ([0.1, 0.92, 0.6, 0.95, 0.3, 0.99], 10.0),  # noisy: the first time
+    ([0.1, np.nan, np.nan, np.nan, np.nan, np.nan], np.nan),  # diverged
+])
+def test_grokking_step_on_synthetic_curves(curve, step):
+    np.testing.assert_equal(phases.grokking_step(np.asarray(curve, np.float32), STEPS), step)
+
+
+@pytest.mark.parametrize("curve,xi,step", [
+    ([0.2, 0.8, 1.0, 1.0, 0.8, 0.66], 0.35, 50.0),  # memorized, then down to 1 − 0.9·0.35 = 0.685
+    ([0.2, 0.8, 1.0, 1.0, 0.8, 0.7], 0.35, np.nan),  # not far enough
+    ([0.2, 0.5, 0.6, 0.65, 0.65, 0.65], 0.35, np.nan),  # never memorized: nothing unlearned
+    ([1.0, 0.6, 0.6, 1.0, 0.6, 0.6], 0.35, 10.0),  # immediately after step 0, the first time
+    ([0.2, 1.0, 1.0, 0.9, 0.8, 0.8], 0.0, np.nan),  # ξ = 0: nothing to unlearn
+    ([0.2, 0.91, 0.93, 0.91, 0.9, 0.9], 0.05, np.nan),  # never above 1 − 0.045 = 0.955: no memorization
+    ([0.2, 0.98, 0.99, 0.95, 0.95, 0.95], 0.05, 30.0),  # above it, then at most 0.955
+])
+def test_unlearning_step_on_synthetic_curves(curve, xi, step):
+    np.testing.assert_equal(phases.unlearning_step(np.asarray(curve, np.float32), xi, STEPS), step)
+
+
+def test_transition_steps_broadcast_over_lanes():
+    train = np.array([[0.2, 1.0, 1.0, 1.0, 0.7, 0.7], [0.2, 1.0, 1.0, 1.0, 0.7, 0.7]], np.float32)
+    np.testing.assert_equal(phases.unlearning_step(train, np.array([0.3, 0.0]), STEPS), [40.0, np.nan])

@@ -70,3 +70,17 @@ def test_every_grid_and_scale_is_a_valid_plan():
     assert len(plan.compile_groups) == 6
     assert round(sum(c.n_max * c.count for c in plan.chunks) / plan.lanes.n_train.sum() - 1, 2) == 0.09
     assert len(paper.sweep.alpha) == 17 and len(paper.sweep.xi) == 19 and paper.sweep.wd == (0.0, 5.0, 15.0, 20.0)
+
+
+def test_grokking_and_unlearning_steps_are_stored(tmp_path):
+    """The stored steps are those of the stored curves (p 13, α 0.8: with weight decay
+    and no corruption the runs grok within 100 steps)."""
+    config = grok_jax.load_config("tiny")
+    config.update(dict(steps=400, log_every=20, width=128, alpha=0.8, p=13))
+    config.sweep = {"wd": (0.0, 5.0), "xi": (0.0, 0.3)}
+    ds = run_sweep(config, out=str(tmp_path), **QUIET)
+    np.testing.assert_array_equal(ds.grok_step, phases.grokking_step(ds.test_acc.values, ds.step.values))
+    np.testing.assert_array_equal(
+        ds.unlearn_step, phases.unlearning_step(ds.train_acc.values, ds.xi.values[None, :], ds.step.values))
+    assert np.isnan(ds.unlearn_step.sel(xi=0.0)).all()  # nothing to unlearn
+    assert float(ds.grok_step.sel(wd=5.0, xi=0.0)) <= 100 and ds.grok_step.dtype == np.float32
