@@ -298,7 +298,7 @@ def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | No
         out_final.update(flat_variables(variables))
         phase = phases.classify_log(out_log, plan.xi[lanes])
         out_final["grok_step"] = phases.grokking_step(out_log["test_acc"], steps).astype(np.float32)
-        out_final["unlearn_step"] = phases.unlearning_step(out_log["train_acc"], plan.xi[lanes], steps
+        out_final["unlearn_step"] = phases.unlearning_step(out_log["corrupt_acc"], out_log["clean_acc"], steps
                                                            ).astype(np.float32)
         if path:
             results.write(path, lanes, out_log, out_final, phase)

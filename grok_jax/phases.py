@@ -1,4 +1,6 @@
-"""Phase of each run from its final accuracies (PAPER.md §5, App. C, Table 2).
+"""Phase of each run from its final accuracies (PAPER.md §5, App. C, Table 2), and the
+steps at which a run grokked and unlearned its corrupted labels (:func:`grokking_step`,
+:func:`unlearning_step`).
 
 | phase             | test acc | train acc                              |
 | ----------------- | -------- | -------------------------------------- |
@@ -40,10 +42,6 @@ THRESHOLD = 0.9  # accuracy that counts as "high"
 # and 1.05 − 0.35 is 0.7000000000000001 in float64; neither may flip a phase.
 TOL = 1e-6
 FORGET_NORM_RATIO = 0.5  # final/initial weight norm below which a run has collapsed
-# Unlearned (PAPER.md §6, finding 3): train accuracy down to 1 − UNLEARN_FRACTION·ξ, i.e.
-# 90% of the corrupted examples no longer fit their labels (the rest of the way to the
-# 100(1 − ξ)% of a full inversion is the stated tolerance, 0.1·ξ).
-UNLEARN_FRACTION = 0.9
 (COEXISTENCE, PARTIAL, FULL, MEMORIZATION, FORGETTING, CONFUSION, DIVERGED) = range(7)
 
 
@@ -104,22 +102,24 @@ def grokking_step(test_acc: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return _first(np.asarray(test_acc) >= THRESHOLD - TOL, steps)
 
 
-def unlearning_step(train_acc: np.ndarray, xi: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """The first logged step at which a run that had memorized (train accuracy
-    ≥ 90% and above the unlearned level) has unlearned: train accuracy at most
-    ``1 − UNLEARN_FRACTION·ξ``. NaN if it never did (always at ξ = 0: nothing to
-    unlearn). ``xi`` broadcasts against ``train_acc``'s leading axes.
+def unlearning_step(corrupt_acc: np.ndarray, clean_acc: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """The first logged step at which a run that had memorized its corrupted labels
+    (``corrupt_acc`` ≥ 90% at an earlier logged step) has unlearned them: at most
+    ``1 − THRESHOLD`` (10%) of the corrupted examples still fit their labels while
+    the clean ones do (``clean_acc`` ≥ 90%). Then the train accuracy is within 0.1·ξ
+    of 100(1 − ξ)% (PAPER.md §6, finding 3). NaN if it never did, and without
+    corrupted examples (``corrupt_acc`` NaN). Over the last axis (logged at ``steps``).
 
     Example:
-      >>> unlearning_step(np.array([0.2, 1.0, 1.0, 0.7]), 0.3, np.array([0, 10, 20, 30]))
+      >>> unlearning_step(np.array([0.0, 1.0, 0.5, 0.05]), np.array([0.1, 1.0, 1.0, 1.0]), np.arange(4) * 10)
       array(30.)
     """
-    train_acc = np.asarray(train_acc)
-    level = 1.0 - UNLEARN_FRACTION * np.asarray(xi, np.float64)[..., None] + TOL
-    memorized = (train_acc >= THRESHOLD - TOL) & (train_acc > level)
+    corrupt, clean = np.asarray(corrupt_acc), np.asarray(clean_acc)
+    memorized = corrupt >= THRESHOLD - TOL
     before = np.zeros_like(memorized)
     before[..., 1:] = np.logical_or.accumulate(memorized, axis=-1)[..., :-1]  # at an earlier step
-    return _first(before & (train_acc <= level), steps)
+    unlearned = (corrupt <= 1 - THRESHOLD + TOL) & (clean >= THRESHOLD - TOL)
+    return _first(before & unlearned, steps)
 
 
 def _first(hit: np.ndarray, steps: np.ndarray) -> np.ndarray:

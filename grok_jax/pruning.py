@@ -59,21 +59,24 @@ def pruning_masks(order: jax.Array, counts: jax.Array) -> jax.Array:
 
 
 def make_evaluate(config: Any, n_max: int, batch: int = BATCH) -> Callable[..., dict[str, jax.Array]]:
-    """Returns ``evaluate(lane, variables, masks) -> metrics``: the lane's network
-    (its data rebuilt from its seed, as in training) in eval mode over every pair
-    with each of ``masks`` ``(K, n)`` on the model's first neuron group; each metric
-    of :data:`PRUNED_METRICS` has shape ``(K,)``. ``batch`` masks are evaluated at
-    once (memory: ``batch`` forwards over all pairs)."""
+    """Returns ``evaluate(lane, variables, orders, counts) -> metrics``: the lane's
+    network (its data rebuilt from its seed, as in training) in eval mode over every
+    pair, with the first ``counts[k]`` neurons of ``orders[o]`` (on the model's first
+    neuron group) zeroed; each metric of :data:`PRUNED_METRICS` has shape
+    ``(len(orders), len(counts))``. ``batch`` pruned networks are evaluated at once
+    (memory: ``batch`` forwards over all pairs), their masks built on the way."""
     model = get_model(config)
     group = next(iter(model.groups))
 
-    def evaluate(lane: Lane, variables: dict, masks: jax.Array) -> dict[str, jax.Array]:
+    def evaluate(lane: Lane, variables: dict, orders: jax.Array, counts: jax.Array) -> dict[str, jax.Array]:
         ds = make_dataset(stream_key(lane.seed, "split"), stream_key(lane.seed, "corrupt"), lane.n_train,
                           lane.n_corrupt, task=config.task, p=config.p, n_max=n_max)
         rows, tests = training_rows(ds, n_max), held_out_rows(ds, n_max, config.task, config.p)
         n_train = jnp.sum(ds.train)
 
-        def one(mask: jax.Array) -> dict[str, jax.Array]:
+        def one(job: tuple[jax.Array, jax.Array]) -> dict[str, jax.Array]:
+            order, count = job
+            mask = pruning_masks(order, count[None])[0]
             sums = None
             for part in (rows, tests):
                 logits, _ = model.apply(variables, inputs(part), train=False, neuron_mask={group: mask})
@@ -82,77 +85,107 @@ def make_evaluate(config: Any, n_max: int, batch: int = BATCH) -> Callable[..., 
             out = metrics.means(sums, n_train, lane.n_corrupt, num_pairs(config.task, config.p) - n_train)
             return {name: out[name] for name in PRUNED_METRICS}
 
-        return jax.lax.map(one, masks, batch_size=batch)
+        jobs = (jnp.repeat(orders, len(counts), axis=0), jnp.tile(counts, len(orders)))
+        values = jax.lax.map(one, jobs, batch_size=batch)
+        return jax.tree.map(lambda v: v.reshape(len(orders), len(counts)), values)
 
     return evaluate
 
 
 def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, random: int = 0,
           memory_gb: float = 2.0) -> xr.Dataset:
-    """Pruning curves of every finished lane of a results store (a path or the
-    dataset of :func:`grok_jax.load_results`): for each order (``"low"``,
-    ``"high"``, ``"random 0"``, ...; see :func:`pruning_orders`) and each fraction of
-    the first neuron group pruned (default: every count from 0 to all), the metrics
-    of :data:`PRUNED_METRICS`. Dims: the store's axes, ``order``, ``fraction``
-    (counts ``round(fraction · n)`` per static group); lanes not done are NaN.
-    ``attrs["config"]`` is the store's. Lanes are evaluated in chunks of about
-    ``memory_gb`` of activations.
+    """Pruning curves of the finished lanes of a results store: a path, the dataset
+    of :func:`grok_jax.load_results`, or a selection of it (``ds.sel(wd=0.0,
+    xi=[0.2, 0.35])``: only those cells are evaluated). For each order (``"low"``,
+    ``"high"``, ``"random 0"``, ...; see :func:`pruning_orders`; lanes with the same
+    seed share their random orders) and each fraction of the first neuron group pruned
+    (default: every count from 0 to all, i.e. ``(2 + random)·(N + 1)`` forwards over
+    all pairs per lane), the metrics of :data:`PRUNED_METRICS`. Dims: those of the
+    selection, ``order``, ``fraction`` (a static group of width n prunes
+    ``round(fraction · n)`` neurons); lanes not done are NaN. ``attrs["config"]`` is
+    the store's. Lanes are evaluated in chunks of about ``memory_gb`` of activations.
     """
     ds = results.load_results(store) if not isinstance(store, xr.Dataset) else store
-    config = ml_collections.ConfigDict(json.loads(ds.attrs["config"]))
-    if not (isinstance(random, int) and random >= 0):
+    if not (isinstance(random, (int, np.integer)) and not isinstance(random, bool) and random >= 0):
         raise ConfigError(f"random={random!r} must be an integer >= 0 (random pruning orders per lane)")
+    config = ml_collections.ConfigDict(json.loads(ds.attrs["config"]))
     plan = make_plan(config, memory_gb=1e9)
-    flat = ds.stack(lane=list(plan.axes)).transpose("lane", ...) if plan.axes else ds.expand_dims("lane")
-    widths = [next(iter(get_model(cfg.static_config(g.config)).groups.values())) for g in plan.groups]
-    if fractions is None:
-        fractions = np.arange(max(widths) + 1) / max(widths)
-    fractions = np.asarray(fractions, np.float64)
+    models = [get_model(cfg.static_config(g.config)) for g in plan.groups]
+    missing = sorted({path for m in models for path in m.param_dims if path not in ds})
+    if missing:
+        raise ConfigError(f"the dataset has no {missing[0]}: pruning needs the stored parameters "
+                          "(load_results(path) with parameters=True)")
+    widths = [next(iter(m.groups.values())) for m in models]
+    fractions = np.arange(max(widths) + 1) / max(widths) if fractions is None else np.asarray(fractions, np.float64)
     if fractions.ndim != 1 or not len(fractions) or not ((fractions >= 0) & (fractions <= 1)).all():
         raise ConfigError(f"fractions={fractions.tolist()} must be a non-empty list of numbers in [0, 1]")
+    dims = [a for a in plan.axes if a in ds.dims]
+    needed = ["done", *{f"ipr_{next(iter(m.groups))}" for m in models}, *{p for m in models for p in m.param_dims}]
+    cells = (ds[needed].stack(_cell=dims) if dims else ds[needed].expand_dims("_cell")).transpose("_cell", ...)
+    lane_of_cell = _lanes_of(cells, plan.axes)
     names = list(ORDERS) + [f"random {r}" for r in range(random)]
-    out = {name: np.full((plan.n_lanes, len(names), len(fractions)), np.nan, np.float32) for name in PRUNED_METRICS}
-    done = flat["done"].values.astype(bool)
+    out = {name: np.full((cells.sizes["_cell"], len(names), len(fractions)), np.nan, np.float32)
+           for name in PRUNED_METRICS}
+    member = np.zeros(plan.n_lanes, int)
+    for c in plan.chunks:
+        member[c.lanes[:c.count]] = c.group
+    done = cells["done"].values.astype(bool)
     for g, group in enumerate(plan.groups):
-        lanes = np.unique(np.concatenate([c.lanes[:c.count] for c in plan.chunks if c.group == g]))
-        lanes = lanes[done[lanes]]
-        if not len(lanes):
-            continue
-        values = _prune_group(cfg.static_config(group.config), plan, flat, lanes, fractions, random, memory_gb)
-        for name in PRUNED_METRICS:
-            out[name][lanes] = values[name]
-    return _curves(ds, plan.axes, names, fractions, out)
+        chosen = np.flatnonzero((member[lane_of_cell] == g) & done)
+        if len(chosen):
+            values = _prune_group(cfg.static_config(group.config), plan, cells, chosen, lane_of_cell[chosen],
+                                  fractions, random, memory_gb)
+            for name in PRUNED_METRICS:
+                out[name][chosen] = values[name]
+    curves = xr.Dataset({name: (("_cell", "order", "fraction"), v) for name, v in out.items()},
+                        {"_cell": cells["_cell"], "order": names, "fraction": fractions},
+                        {"config": ds.attrs["config"]})
+    return curves.unstack("_cell") if dims else curves.squeeze("_cell", drop=True)
 
 
-def _prune_group(static: Any, plan: Any, flat: xr.Dataset, lanes: np.ndarray, fractions: np.ndarray,
-                 random: int, memory_gb: float) -> dict[str, np.ndarray]:
-    """The curves of ``lanes``, all of one static group: ``(lanes, orders, fractions)``,
-    computed in equal chunks of lanes (the last padded: one program)."""
+def _lanes_of(cells: xr.Dataset, axes: dict) -> np.ndarray:
+    """The plan's lane index of every cell: its position in the grid (C order)."""
+    index = []
+    for name, values in axes.items():
+        cell_values = np.broadcast_to(cells[name].values, (cells.sizes["_cell"],))
+        where = {v: i for i, v in enumerate(values)}
+        bad = [v for v in cell_values if v not in where]
+        if bad:
+            raise ConfigError(f"{name}={bad[0]!r} is not a value of the store's grid; valid: {list(values)}")
+        index.append([where[v] for v in cell_values])
+    if not axes:
+        return np.zeros(cells.sizes["_cell"], int)
+    return np.ravel_multi_index(index, tuple(len(v) for v in axes.values()))
+
+
+def _prune_group(static: Any, plan: Any, cells: xr.Dataset, chosen: np.ndarray, lanes: np.ndarray,
+                 fractions: np.ndarray, random: int, memory_gb: float) -> dict[str, np.ndarray]:
+    """The curves of the cells ``chosen`` (plan lanes ``lanes``), all of one static
+    group: ``(cells, orders, fractions)``, in equal chunks of lanes (the last one
+    padded: one program)."""
     model = get_model(static)
     group, width = next(iter(model.groups.items()))
     n_max = int(plan.lanes.n_train[lanes].max())
     counts = jnp.asarray(np.round(fractions * width).astype(np.int32))
     specs = final_specs(model)
-    variables = {path: jnp.asarray(flat[path].values[lanes][(slice(None), *map(slice, specs[path].shape))])
+    variables = {path: cells[path].values[chosen][(slice(None), *map(slice, specs[path].shape))]
                  for path in model.param_dims}
-    iprs = jnp.asarray(flat[f"ipr_{group}"].values[lanes][:, :width])
-    lane = Lane(*(jnp.asarray(a[lanes]) for a in plan.lanes))
+    iprs = cells[f"ipr_{group}"].values[chosen][:, :width]
+    lane = Lane(*(a[lanes] for a in plan.lanes))
     evaluate = make_evaluate(static, n_max)
 
     def curves(lane: Lane, flat_variables: dict, ipr: jax.Array) -> dict[str, jax.Array]:
         orders = pruning_orders(ipr, stream_key(lane.seed, "prune"), random)
-        masks = jax.vmap(pruning_masks, in_axes=(0, None))(orders, counts)  # (orders, K, n)
-        values = evaluate(lane, _nest(flat_variables), masks.reshape(-1, width))
-        return jax.tree.map(lambda v: v.reshape(orders.shape[0], len(counts)), values)
+        return evaluate(lane, _nest(flat_variables), orders, counts)
 
-    # a lane's forwards at once: BATCH masks × all pairs × (N + p) floats, a few times over
+    # a lane's forwards at once: BATCH networks × all pairs × (N + p) floats, a few times over
     per_lane = 4 * 4 * BATCH * num_pairs(static.task, static.p) * (width + static.p)
     size = int(max(1, min(len(lanes), memory_gb * 2**30 // per_lane)))
     program = jax.jit(jax.vmap(curves))
     parts = []
     for start in range(0, len(lanes), size):
         take = np.minimum(np.arange(start, start + size), len(lanes) - 1)  # pad with the last lane
-        args = jax.tree.map(lambda a: a[take], (lane, variables, iprs))
+        args = jax.tree.map(lambda a: jnp.asarray(a[take]), (lane, variables, iprs))
         parts.append(jax.tree.map(lambda v: np.asarray(v)[:len(lanes) - start], program(*args)))
     return {name: np.concatenate([part[name] for part in parts]) for name in PRUNED_METRICS}
 
@@ -167,12 +200,3 @@ def _nest(flat: dict[str, jax.Array]) -> dict:
             node = node.setdefault(key, {})
         node[leaf] = value
     return nested
-
-
-def _curves(ds: xr.Dataset, axes: dict, names: list[str], fractions: np.ndarray, out: dict) -> xr.Dataset:
-    shape = tuple(len(v) for v in axes.values())
-    dims = (*axes, "order", "fraction")
-    data = {name: (dims, v.reshape(*shape, len(names), len(fractions))) for name, v in out.items()}
-    coords = {name: (name, list(values)) for name, values in axes.items()}
-    coords.update(order=("order", names), fraction=("fraction", fractions))
-    return xr.Dataset(data, coords, {"config": ds.attrs["config"]})

@@ -60,7 +60,8 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _find_syncfs()
 
 STORE = "results.zarr"  # name of the store inside an output directory
-FORMAT = 3  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups)
+FORMAT = 4  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups;
+# 4: grokking and unlearning steps)
 PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
 
 

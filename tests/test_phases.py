@@ -69,19 +69,23 @@ def test_grokking_step_on_synthetic_curves(curve, step):
     np.testing.assert_equal(phases.grokking_step(np.asarray(curve, np.float32), STEPS), step)
 
 
-@pytest.mark.parametrize("curve,xi,step", [
-    ([0.2, 0.8, 1.0, 1.0, 0.8, 0.66], 0.35, 50.0),  # memorized, then down to 1 − 0.9·0.35 = 0.685
-    ([0.2, 0.8, 1.0, 1.0, 0.8, 0.7], 0.35, np.nan),  # not far enough
-    ([0.2, 0.5, 0.6, 0.65, 0.65, 0.65], 0.35, np.nan),  # never memorized: nothing unlearned
-    ([1.0, 0.6, 0.6, 1.0, 0.6, 0.6], 0.35, 10.0),  # immediately after step 0, the first time
-    ([0.2, 1.0, 1.0, 0.9, 0.8, 0.8], 0.0, np.nan),  # ξ = 0: nothing to unlearn
-    ([0.2, 0.91, 0.93, 0.91, 0.9, 0.9], 0.05, np.nan),  # never above 1 − 0.045 = 0.955: no memorization
-    ([0.2, 0.98, 0.99, 0.95, 0.95, 0.95], 0.05, 30.0),  # above it, then at most 0.955
+@pytest.mark.parametrize("corrupt,clean,step", [
+    ([0.0, 0.5, 1.0, 1.0, 0.4, 0.05], [0.1, 0.9, 1.0, 1.0, 1.0, 1.0], 50.0),  # memorized, then unlearned
+    ([0.0, 0.5, 1.0, 1.0, 0.4, 0.15], [0.1, 0.9, 1.0, 1.0, 1.0, 1.0], np.nan),  # not far enough
+    ([0.0, 0.1, 0.5, 0.8, 0.1, 0.0], [0.1, 0.9, 1.0, 1.0, 1.0, 1.0], np.nan),  # never memorized
+    ([1.0, 0.1, 0.1, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 10.0),  # right after step 0, the first time
+    ([0.0, 1.0, 1.0, 0.3, 0.0, 0.0], [0.0, 1.0, 1.0, 0.3, 0.0, 0.0], np.nan),  # forgot everything: no unlearning
+    ([np.nan] * 6, [0.1, 0.9, 1.0, 1.0, 1.0, 1.0], np.nan),  # no corrupted examples (ξ = 0)
+    ([0.0, 1.0, 1.0, 0.1, 0.1, 0.1], [0.1, 1.0, 0.95, 0.9, 0.9, 0.9], 30.0),  # exactly 10% and 90% count
 ])
-def test_unlearning_step_on_synthetic_curves(curve, xi, step):
-    np.testing.assert_equal(phases.unlearning_step(np.asarray(curve, np.float32), xi, STEPS), step)
+def test_unlearning_step_on_synthetic_curves(corrupt, clean, step):
+    got = phases.unlearning_step(np.asarray(corrupt, np.float32), np.asarray(clean, np.float32), STEPS)
+    np.testing.assert_equal(got, step)
 
 
-def test_transition_steps_broadcast_over_lanes():
-    train = np.array([[0.2, 1.0, 1.0, 1.0, 0.7, 0.7], [0.2, 1.0, 1.0, 1.0, 0.7, 0.7]], np.float32)
-    np.testing.assert_equal(phases.unlearning_step(train, np.array([0.3, 0.0]), STEPS), [40.0, np.nan])
+def test_transition_steps_are_per_lane():
+    corrupt = np.array([[0.0, 1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    clean = np.ones_like(corrupt)
+    np.testing.assert_equal(phases.unlearning_step(corrupt, clean, STEPS), [40.0, 20.0])
+    test = np.array([[0.0, 0.95, 1, 1, 1, 1], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
+    np.testing.assert_equal(phases.grokking_step(test, STEPS), [10.0, np.nan])

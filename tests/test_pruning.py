@@ -6,12 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import numpy_reference as ref
 import pytest
+import xarray as xr
+import zarr
 
 from grok_jax import pruning
 from grok_jax.config import load_config, static_config
 from grok_jax.data import split_sizes
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
+from grok_jax.results import load_results
 from grok_jax.models.mlp2 import analytic_solution, neuron_ipr
 from grok_jax.train import Lane
 
@@ -97,7 +100,8 @@ def test_pruning_the_analytic_solutions_zeroed_neurons_keeps_it_perfect():
     counts = jnp.array([0, width // 2, width // 2 + 64])
     n_train, _ = split_sizes(0.5, 0.0, "add", p)
     lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(0), jnp.float32(0), jnp.float32(0.01), jnp.float32(0))
-    out = pruning.make_evaluate(config, n_train)(lane, {"params": params}, pruning.pruning_masks(order, counts))
+    out = pruning.make_evaluate(config, n_train)(lane, {"params": params}, order[None], counts)
+    out = {name: v[0] for name, v in out.items()}
     np.testing.assert_allclose(np.stack([out["train_acc"][:2], out["test_acc"][:2]]), 1.0, rtol=1e-6)  # all right
     assert float(out["test_loss"][2]) > float(out["test_loss"][1])  # pruning live neurons shows
 
@@ -107,3 +111,30 @@ def test_bad_pruning_requests_are_named(store):
         pruning.prune(store, fractions=[1.5])
     with pytest.raises(ConfigError, match="random=-1"):
         pruning.prune(store, random=-1)
+
+
+def test_a_selection_of_cells_gives_their_curves(store, curves):
+    """Only the selected cells are evaluated, in any order of their values; lanes are
+    evaluated in chunks (here of one lane, the last chunk padded) with the same numbers."""
+    some = pruning.prune(store.sel(xi=[0.3, 0.0], wd=5.0), random=3, memory_gb=1e-4)
+    assert dict(some.sizes) == {"seed": 2, "xi": 2, "order": 5, "fraction": 33}
+    xr.testing.assert_allclose(some, curves.sel(xi=[0.3, 0.0], wd=5.0), rtol=1e-6)
+    one = pruning.prune(store.sel(xi=0.3, wd=5.0, seed=1), fractions=[0.0, 0.5])
+    xr.testing.assert_allclose(one, curves.sel(xi=0.3, wd=5.0, seed=1, order=["low", "high"]).isel(
+        fraction=[0, 16]), rtol=1e-6)
+
+
+def test_static_groups_and_unfinished_lanes(tmp_path):
+    config = load_config("tiny")
+    config.sweep = {"width": (16, 32), "xi": (0.0, 0.3)}
+    config.batchnorm = True  # the mask acts after BatchNorm: a pruned neuron is gone
+    ds = run_sweep(config, out=str(tmp_path), progress=False, log=lambda s: None)
+    zarr.open_group(str(tmp_path / "results.zarr"), mode="r+")["done"][3] = False  # width 32, ξ 0.3
+    ds = load_results(tmp_path)
+    curves = pruning.prune(ds, fractions=[0.0, 0.25, 1.0])
+    np.testing.assert_allclose(curves.test_acc.isel(fraction=0, order=0).sel(width=16),
+                               ds.test_acc.isel(step=-1).sel(width=16), rtol=1e-5)
+    assert np.isnan(curves.test_acc.sel(width=32, xi=0.3)).all()
+    assert (curves.test_acc.isel(fraction=-1).sel(width=16) == 0).all()  # every neuron gone
+    with pytest.raises(ConfigError, match="needs the stored parameters"):
+        pruning.prune(load_results(tmp_path, parameters=False))
