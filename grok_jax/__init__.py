@@ -25,4 +25,8 @@ def __getattr__(name: str):
         from grok_jax.execution import run_sweep
 
         return run_sweep
+    if name == "pruning":  # grok_jax.pruning.prune(...) after a plain `import grok_jax`
+        import importlib
+
+        return importlib.import_module("grok_jax.pruning")
     raise AttributeError(f"module 'grok_jax' has no attribute {name!r}")

@@ -76,11 +76,12 @@ def test_a_store_whose_layout_this_version_would_not_use_is_refused(tiny, tmp_pa
 
 def test_importing_grok_jax_leaves_jax_alone():
     code = ("import grok_jax, jax; print(jax.config.jax_num_cpu_devices, jax.config.jax_compilation_cache_dir); "
-            "grok_jax.use_cpu_cores(); print(jax.config.jax_num_cpu_devices == len(jax.devices()))")
+            "grok_jax.use_cpu_cores(); print(jax.config.jax_num_cpu_devices == len(jax.devices())); "
+            "print(callable(grok_jax.pruning.prune))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["-1", "None", "True"]
+    assert out.stdout.split() == ["-1", "None", "True", "True"]
 
 
 def test_an_installed_package_finds_its_grids(tmp_path):
