@@ -100,8 +100,9 @@ def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> layouts.L
 def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh, n_min: int = 1
                    ) -> tuple[Callable, float, bool]:
     """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
-    per device) for the static settings of ``config`` (a static group's) and these shapes, the seconds spent on it now
-    (0 when it was compiled before in this process), and whether it came from the
+    per device) for the static settings of ``config`` (a static group's) and these
+    shapes, the seconds spent on it now (0 when it was compiled before in this
+    process), and whether it came from the
     persistent compilation cache. A long program reports to the progress bar while
     it runs (:func:`progress_reports`); JAX does not cache programs with such host
     callbacks, so those (chunks of more than ~25 s of work) compile in every process,

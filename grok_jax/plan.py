@@ -56,6 +56,7 @@ class Plan(NamedTuple):
     chunks: tuple[Chunk, ...]  # by static group, then compile group, smallest n_max first
     n_devices: int  # devices a chunk is sharded over
     groups: tuple[Group, ...]  # static groups, in grid order
+    lane_group: np.ndarray  # the static group of every lane
 
     @property
     def n_lanes(self) -> int:
@@ -128,7 +129,7 @@ def make_plan(
         chunks += _group_chunks(group_config, g, in_group, lanes.n_train, n_devices, budget, per_device,
                                 platform, stored)
     return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices,
-                tuple(Group(values, c) for values, c in statics))
+                tuple(Group(values, c) for values, c in statics), member)
 
 
 def _group_chunks(config: ml_collections.ConfigDict, g: int, in_group: np.ndarray, n_train: np.ndarray,

@@ -25,7 +25,7 @@ from grok_jax import config as cfg
 from grok_jax import metrics, results
 from grok_jax.data import held_out_rows, make_dataset, num_pairs, training_rows
 from grok_jax.errors import ConfigError
-from grok_jax.models import final_specs, get_model
+from grok_jax.models import final_specs, get_model, nest_variables
 from grok_jax.plan import make_plan
 from grok_jax.train import Lane, inputs, stream_key
 
@@ -126,12 +126,9 @@ def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, ran
     names = list(ORDERS) + [f"random {r}" for r in range(random)]
     out = {name: np.full((cells.sizes["_cell"], len(names), len(fractions)), np.nan, np.float32)
            for name in PRUNED_METRICS}
-    member = np.zeros(plan.n_lanes, int)
-    for c in plan.chunks:
-        member[c.lanes[:c.count]] = c.group
     done = cells["done"].values.astype(bool)
     for g, group in enumerate(plan.groups):
-        chosen = np.flatnonzero((member[lane_of_cell] == g) & done)
+        chosen = np.flatnonzero((plan.lane_group[lane_of_cell] == g) & done)
         if len(chosen):
             values = _prune_group(cfg.static_config(group.config), plan, cells, chosen, lane_of_cell[chosen],
                                   fractions, random, memory_gb)
@@ -176,7 +173,7 @@ def _prune_group(static: Any, plan: Any, cells: xr.Dataset, chosen: np.ndarray, 
 
     def curves(lane: Lane, flat_variables: dict, ipr: jax.Array) -> dict[str, jax.Array]:
         orders = pruning_orders(ipr, stream_key(lane.seed, "prune"), random)
-        return evaluate(lane, _nest(flat_variables), orders, counts)
+        return evaluate(lane, nest_variables(flat_variables), orders, counts)
 
     # a lane's forwards at once: BATCH networks × all pairs × (N + p) floats, a few times over
     per_lane = 4 * 4 * BATCH * num_pairs(static.task, static.p) * (width + static.p)
@@ -188,15 +185,3 @@ def _prune_group(static: Any, plan: Any, cells: xr.Dataset, chosen: np.ndarray, 
         args = jax.tree.map(lambda a: jnp.asarray(a[take]), (lane, variables, iprs))
         parts.append(jax.tree.map(lambda v: np.asarray(v)[:len(lanes) - start], program(*args)))
     return {name: np.concatenate([part[name] for part in parts]) for name in PRUNED_METRICS}
-
-
-def _nest(flat: dict[str, jax.Array]) -> dict:
-    """``{"params.U": x}`` -> ``{"params": {"U": x}}``."""
-    nested: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        node = nested
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return nested

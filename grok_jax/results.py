@@ -40,7 +40,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from grok_jax import metrics, phases
+from grok_jax import phases
 from grok_jax.errors import ConfigError, StoreWriteError
 
 try:

@@ -184,7 +184,7 @@ def make_train(
         opt = make_optimizer(lane.lr, lane.wd, config)
         dropout_key, batch_key = stream_key(lane.seed, "dropout"), stream_key(lane.seed, "batch")
         rows, n_train = training_rows(ds, n_max), jnp.sum(ds.train)
-        blocks = training_rows(ds, n_max, row_blocks)
+        blocks = rows if row_blocks == 1 else training_rows(ds, n_max, row_blocks)
         tests = held_out_rows(ds, n_max, config.task, p)
         n_batches = batches_per_epoch(n_train, batch) if batch else None
 

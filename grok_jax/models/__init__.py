@@ -114,6 +114,18 @@ def flat_variables(variables: Variables) -> dict[str, Any]:
     return flat
 
 
+def nest_variables(flat: dict[str, Any]) -> Variables:
+    """The inverse of :func:`flat_variables`: ``{"params.U": x}`` -> ``{"params": {"U": x}}``."""
+    nested: dict = {}
+    for path, leaf in flat.items():
+        *parents, name = path.split(".")
+        node = nested
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[name] = leaf
+    return nested
+
+
 class FinalSpec(NamedTuple):
     """A per-lane array a model leaves at the end of a run: its dims and shape."""
 
