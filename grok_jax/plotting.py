@@ -11,6 +11,8 @@ import itertools
 import json
 import os
 import textwrap
+import warnings
+from typing import Sequence
 
 import matplotlib
 
@@ -62,10 +64,11 @@ def _value(v) -> str:
     return f"{v:g}" if isinstance(v, (int, float, np.number)) else str(v)
 
 
-def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
+def heatmap(da: xr.DataArray, x: str, y: str | None, path: str | Sequence[str], suptitle: str,
             phase: bool = False, fraction: xr.DataArray | None = None) -> str:
-    """Saves one heatmap panel per combination of the non-(x, y) dims of ``da``;
-    cells whose ``fraction`` (of seeds in the majority phase) is below 1 show it."""
+    """Saves one heatmap panel per combination of the non-(x, y) dims of ``da`` to
+    ``path`` (or each of several paths: PNG, PDF); cells whose ``fraction`` (of
+    seeds in the majority phase) is below 1 show it. Returns the (first) path."""
     panels = _panels(da, x, y)
     fractions = [f for _, f in _panels(fraction, x, y)] if fraction is not None else [None] * len(panels)
     cols = min(4, len(panels))
@@ -99,11 +102,17 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str, suptitle: str,
         fig.legend(handles=handles, loc="outside right center", title="phase")
     else:
         fig.colorbar(im, ax=axs, shrink=0.8, label=da.name)
+    return _save(fig, suptitle, [path] if isinstance(path, str) else list(path))[0]
+
+
+def _save(fig: plt.Figure, suptitle: str, paths: Sequence[str]) -> list[str]:
+    """Titles ``fig`` (wrapped to its width), writes it to every path, closes it."""
     width_in = fig.get_size_inches()[0]
     fig.suptitle("\n".join(textwrap.wrap(suptitle, width=int(width_in * 13))), fontsize=10)
-    fig.savefig(path, dpi=110)
+    for path in paths:
+        fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
+    return list(paths)
 
 
 def _cell_phase(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
@@ -184,3 +193,183 @@ def phase_table(ds: xr.Dataset) -> str:
             lines.append(f"{yv:>12} " + " ".join(f"{short(k, s):>5}" for k, s in zip(row, srow)))
     lines.append(legend + ("  (* seeds disagree)" if bool(split.any()) else ""))
     return "\n".join(lines)
+
+
+# --- curves and distributions (the figures of grok_jax.figures) ---
+
+ACCURACIES = (  # name, legend, color
+    ("train_acc", "train (labels trained on)", "#1f77b4"),
+    ("test_acc", "test", "#2ca02c"),
+    ("corrupt_acc", "corrupted vs their labels", "#d62728"),
+    ("inversion_acc", "corrupted vs true labels", "#9467bd"),
+    ("clean_acc", "clean training examples", "#ff7f0e"),
+)
+NEURON_DIMS = ("hidden", "operand", "logit")  # per-lane dims that are not swept axes
+
+
+def lane_panels(ds: xr.Dataset | xr.DataArray, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
+    """``(label, selection)`` of every lane of ``ds`` over its swept dims (those not
+    in ``skip``, ``step`` or a neuron dim), in grid order."""
+    dims = [d for d in ds.dims if d not in (*skip, "step", *NEURON_DIMS) and d in ds.coords]
+    out = []
+    for combo in itertools.product(*(range(ds.sizes[d]) for d in dims)):
+        sel = dict(zip(dims, combo))
+        out.append((", ".join(f"{d}={_value(ds[d].values[i])}" for d, i in sel.items()), sel))
+    return out or [("", {})]
+
+
+def _grid(rows: int, cols: int, width: float = 4.2, height: float = 3.0):
+    return plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False, constrained_layout=True)
+
+
+def _phase_name(ds: xr.Dataset, sel: dict) -> str:
+    code = int(ds["phase"].isel(sel))
+    return phases.PHASES[code] if code >= 0 else "not run"
+
+
+def dynamics(ds: xr.Dataset, rows: Sequence[str], suptitle: str, paths: Sequence[str]) -> list[str]:
+    """Curves over steps, one column per lane: ``rows`` of ``"accuracy"`` (the five
+    accuracies, with the grokking step (test accuracy first ≥ 90%) and the
+    unlearning step (corrupted labels forgotten) as vertical lines), ``"ipr"`` (mean
+    IPR) and ``"norms"`` (weight norms)."""
+    lanes = lane_panels(ds)
+    fig, axs = _grid(len(rows), len(lanes))
+    steps = ds["step"].values
+    for j, (label, sel) in enumerate(lanes):
+        lane = ds.isel(sel)
+        for i, row in enumerate(rows):
+            ax = axs[i, j]
+            if row == "accuracy":
+                for name, legend, color in ACCURACIES:
+                    if np.isfinite(lane[name].values).any():
+                        ax.plot(steps, lane[name].values, label=legend, color=color, lw=1.4)
+                for key, text, style, y in (("grok_step", "grokking", "--", 0.55), ("unlearn_step", "unlearning", ":", 0.2)):
+                    at = float(lane[key]) if key in lane else np.nan
+                    if np.isfinite(at):
+                        ax.axvline(at, color="k", ls=style, lw=1)
+                        ax.text(at, y, f" {text} {at:g}", rotation=90, va="bottom", fontsize=7)
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_ylabel("accuracy")
+                ax.set_title(f"{label}: {_phase_name(ds, sel)}" if label else _phase_name(ds, sel), fontsize=10)
+            elif row == "ipr":
+                ax.plot(steps, lane["ipr"].values, color="#8c564b")
+                ax.set_ylim(0, 1)
+                ax.set_ylabel("mean IPR")
+            elif row == "norms":
+                for name in [v for v in ds.data_vars if v.startswith("norm_")] + ["weight_norm"]:
+                    ax.plot(steps, lane[name].values, label=name, lw=1.2, ls="-" if name == "weight_norm" else "--")
+                ax.set_yscale("log")
+                ax.set_ylabel("weight norm")
+            ax.set_xlabel("step")
+            if j == 0 and row in ("accuracy", "norms"):
+                ax.legend(fontsize=7, loc="best")
+    return _save(fig, suptitle, paths)
+
+
+def ipr_histograms(final: xr.DataArray, init: xr.DataArray, ds: xr.Dataset, bins: int, suptitle: str,
+                   paths: Sequence[str]) -> list[str]:
+    """Per-neuron IPR histograms, one panel per lane: at init (grey) and final."""
+    lanes = lane_panels(final)
+    fig, axs = _grid(1, len(lanes))
+    edges = np.linspace(0, 1, bins + 1)
+    for ax, (label, sel) in zip(axs.flat, lanes):
+        f, i = final.isel(sel).values, init.isel(sel).values
+        ax.hist(i[np.isfinite(i)], edges, color="#bbbbbb", label="init")
+        ax.hist(f[np.isfinite(f)], edges, color="#1f77b4", alpha=0.75, label="final")
+        ax.set_xlabel("per-neuron IPR")
+        ax.set_ylabel("neurons")
+        head = f"{label}: " if label else ""
+        ax.set_title(f"{head}{_phase_name(ds, sel)}, mean IPR {np.nanmean(f):.2f}", fontsize=10)
+    axs.flat[0].legend(fontsize=8)
+    return _save(fig, suptitle, paths)
+
+
+def bn_scale_scatter(ds: xr.Dataset, init: xr.DataArray, r: xr.DataArray, bins: int, suptitle: str,
+                     paths: Sequence[str]) -> list[str]:
+    """Left: IPR histogram of all lanes' neurons, init and final; right: |BN scale|
+    against IPR_k, one color per lane, its correlation in the legend."""
+    fig, axs = _grid(1, 2, width=5.0, height=3.8)
+    hist, scatter = axs[0]
+    final = ds["ipr_hidden"].values
+    edges = np.linspace(0, 1, bins + 1)
+    hist.hist(init.values[np.isfinite(init.values)], edges, color="#bbbbbb", label="init")
+    hist.hist(final[np.isfinite(final)], edges, color="#1f77b4", alpha=0.75, label="final")
+    hist.set_xlabel("per-neuron IPR")
+    hist.set_ylabel("neurons (all lanes)")
+    hist.legend(fontsize=8)
+    for label, sel in lane_panels(ds["ipr_hidden"]):
+        scale = np.abs(ds["params.bn_scale"].isel(sel).values)
+        scatter.scatter(ds["ipr_hidden"].isel(sel).values, scale, s=6, alpha=0.6,
+                        label=f"{label or 'run'}: r = {float(r.isel(sel)):.2f}")
+    scatter.set_xlabel("per-neuron IPR")
+    scatter.set_ylabel("|BN scale|")
+    scatter.legend(fontsize=7)
+    return _save(fig, suptitle, paths)
+
+
+def pruning_curves(curves: xr.Dataset, suptitle: str, paths: Sequence[str]) -> list[str]:
+    """Accuracies (top) and losses (bottom) against the fraction of neurons pruned,
+    one column per order (lowest IPR first, highest first, random): the mean over
+    networks (and random orders), the band their minimum to maximum."""
+    orders = [o for o in ("low", "high") if o in curves.order.values]
+    groups = [(o, [o]) for o in orders]
+    randoms = [o for o in curves.order.values if str(o).startswith("random")]
+    if randoms:
+        groups.append(("random", randoms))
+    titles = {"low": "lowest IPR first", "high": "highest IPR first", "random": f"random order ({len(randoms)} per network)"}
+    fig, axs = _grid(2, len(groups))
+    frac = curves["fraction"].values
+    spread = [d for d in curves.dims if d not in ("order", "fraction")]
+    for j, (name, members) in enumerate(groups):
+        sub = curves.sel(order=members)
+        over = [*spread, "order"]
+        for row, entries in ((0, ACCURACIES), (1, (("train_loss", "train", "#1f77b4"), ("test_loss", "test", "#2ca02c")))):
+            ax = axs[row, j]
+            for var, legend, color in entries:
+                if not np.isfinite(sub[var].values).any():
+                    continue
+                stacked = sub[var].stack(_runs=over).transpose("fraction", "_runs").values
+                ax.plot(frac, np.nanmean(stacked, 1), color=color, label=legend, lw=1.4)
+                if stacked.shape[1] > 1:
+                    ax.fill_between(frac, np.nanmin(stacked, 1), np.nanmax(stacked, 1), color=color, alpha=0.2, lw=0)
+            ax.set_xlabel("fraction of neurons pruned")
+            ax.set_ylabel("accuracy" if row == 0 else "loss")
+            if row == 0:
+                ax.set_ylim(-0.02, 1.02)
+                ax.set_title(titles[name], fontsize=10)
+            else:
+                ax.set_yscale("log")
+            if j == 0:
+                ax.legend(fontsize=7)
+    return _save(fig, suptitle, paths)
+
+
+def prunable_vs_width(counts: xr.DataArray, suptitle: str, paths: Sequence[str]) -> list[str]:
+    """Neurons prunable (left, with the neurons that must be kept) and their fraction
+    of the width (right) against the width: each network a dot, the mean a line."""
+    fig, axs = _grid(1, 2, width=4.5, height=3.6)
+    widths = counts["width"].values.astype(float)
+    other = [d for d in counts.dims if d != "width"]
+    values = counts.transpose("width", *other).values.reshape(len(widths), -1)
+    for ax, scale, label in ((axs[0, 0], 1.0, "neurons prunable"), (axs[0, 1], None, "fraction of width prunable")):
+        v = values if scale else values / widths[:, None]
+        for k in range(v.shape[1]):
+            ax.scatter(widths, v[:, k], color="#1f77b4", s=12, alpha=0.5)
+        with warnings.catch_warnings():  # a width with no network that reached the threshold: no mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ax.plot(widths, np.nanmean(v, 1), color="k", marker="o", lw=1.2, label="mean over networks")
+        ax.set_xscale("log")
+        ax.set_xlim(widths.min() / 1.4, widths.max() * 1.4)
+        ax.set_xticks(widths, [f"{w:g}" for w in widths])
+        ax.minorticks_off()
+        ax.set_xlabel("width N")
+        ax.set_ylabel(label)
+        if not np.isfinite(v).any():
+            ax.text(0.5, 0.5, "no network reached the\ntest accuracy threshold", transform=ax.transAxes,
+                    ha="center", va="center")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        kept = np.nanmean(widths[:, None] - values, 1)
+    axs[0, 0].plot(widths, kept, color="#d62728", marker="s", lw=1.2, label="neurons kept (N − prunable)")
+    axs[0, 0].legend(fontsize=8)
+    return _save(fig, suptitle, paths)

@@ -93,7 +93,7 @@ def make_evaluate(config: Any, n_max: int, batch: int = BATCH) -> Callable[..., 
 
 
 def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, random: int = 0,
-          memory_gb: float = 2.0) -> xr.Dataset:
+          memory_gb: float = 2.0, log: Callable[[str], None] | None = None) -> xr.Dataset:
     """Pruning curves of the finished lanes of a results store: a path, the dataset
     of :func:`grok_jax.load_results`, or a selection of it (``ds.sel(wd=0.0,
     xi=[0.2, 0.35])``: only those cells are evaluated). For each order (``"low"``,
@@ -103,7 +103,8 @@ def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, ran
     all pairs per lane), the metrics of :data:`PRUNED_METRICS`. Dims: those of the
     selection, ``order``, ``fraction`` (a static group of width n prunes
     ``round(fraction · n)`` neurons); lanes not done are NaN. ``attrs["config"]`` is
-    the store's. Lanes are evaluated in chunks of about ``memory_gb`` of activations.
+    the store's. Lanes are evaluated in chunks of about ``memory_gb`` of activations;
+    ``log`` (e.g. ``print``) hears of each chunk as it starts.
     """
     ds = results.load_results(store) if not isinstance(store, xr.Dataset) else store
     if not (isinstance(random, (int, np.integer)) and not isinstance(random, bool) and random >= 0):
@@ -131,7 +132,7 @@ def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, ran
         chosen = np.flatnonzero((plan.lane_group[lane_of_cell] == g) & done)
         if len(chosen):
             values = _prune_group(cfg.static_config(group.config), plan, cells, chosen, lane_of_cell[chosen],
-                                  fractions, random, memory_gb)
+                                  fractions, random, memory_gb, log)
             for name in PRUNED_METRICS:
                 out[name][chosen] = values[name]
     curves = xr.Dataset({name: (("_cell", "order", "fraction"), v) for name, v in out.items()},
@@ -156,7 +157,8 @@ def _lanes_of(cells: xr.Dataset, axes: dict) -> np.ndarray:
 
 
 def _prune_group(static: Any, plan: Any, cells: xr.Dataset, chosen: np.ndarray, lanes: np.ndarray,
-                 fractions: np.ndarray, random: int, memory_gb: float) -> dict[str, np.ndarray]:
+                 fractions: np.ndarray, random: int, memory_gb: float,
+                 log: Callable[[str], None] | None = None) -> dict[str, np.ndarray]:
     """The curves of the cells ``chosen`` (plan lanes ``lanes``), all of one static
     group: ``(cells, orders, fractions)``, in equal chunks of lanes (the last one
     padded: one program)."""
@@ -181,6 +183,9 @@ def _prune_group(static: Any, plan: Any, cells: xr.Dataset, chosen: np.ndarray, 
     program = jax.jit(jax.vmap(curves))
     parts = []
     for start in range(0, len(lanes), size):
+        if log:
+            log(f"pruning lanes {start + 1}-{min(start + size, len(lanes))} of {len(lanes)} (width {width}): "
+                f"{(2 + random) * len(fractions)} networks each")
         take = np.minimum(np.arange(start, start + size), len(lanes) - 1)  # pad with the last lane
         args = jax.tree.map(lambda a: jnp.asarray(a[take]), (lane, variables, iprs))
         parts.append(jax.tree.map(lambda v: np.asarray(v)[:len(lanes) - start], program(*args)))

@@ -179,7 +179,7 @@ def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = ())
     if diff:
         k = diff[0]
         raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
-                          "use another --out or the same config to resume")
+                          "write to another directory, delete this one to start over, or resume it with the same config")
     return ds
 
 

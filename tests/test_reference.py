@@ -21,7 +21,26 @@ NORM_RTOL = 0.03
 
 
 def test_reference_is_what_the_numpy_reference_computes():
-    assert not reference.differences(reference.load(), reference.compute())
+    """The stored grid is the NumPy reference's output, up to the float64 drift of
+    another BLAS build or CPU (OpenBLAS picks its kernels per CPU; 1000 Adam steps
+    amplify their rounding: measured train loss 2.0e-6 -> 9.5e-6 and test accuracy
+    1 of 49 pairs apart between two AMD EPYC VMs). The tolerances are the sweep's
+    below; ``python tests/reference.py`` prints every difference beyond 1e-9."""
+    n_test = reference.SETTINGS["p"] ** 2 - int(reference.SETTINGS["alpha"] * reference.SETTINGS["p"] ** 2 + 1e-9)
+    stored, fresh = reference.load(), reference.compute()
+    assert len(stored) == len(fresh)
+    for want, got in zip(stored, fresh):
+        where = {k: got[k] for k in reference.AXES}
+        assert {k: want[k] for k in reference.AXES} == where and got["phase"] == want["phase"], where
+        a, b = want["final"], got["final"]
+        np.testing.assert_allclose(b["weight_norm"], a["weight_norm"], rtol=NORM_RTOL, atol=1e-30)
+        for name, atol in ATOL.items():
+            np.testing.assert_allclose(b[name], a[name], atol=atol, err_msg=f"{where} {name}")
+        for name in COUNTS:
+            assert (np.isnan(a[name]) and np.isnan(b[name])) or a[name] == b[name], (where, name)
+        np.testing.assert_array_equal(got["train_acc"], want["train_acc"])
+        off = np.abs(np.asarray(got["test_acc"]) - np.asarray(want["test_acc"])) * n_test
+        assert off.max() <= TEST_PAIRS_OFF + 1e-6, (where, off)
 
 
 def test_reference_grid_discriminates():

@@ -1,0 +1,359 @@
+"""The paper's figures, one command each (README, "Figures"):
+
+    python -m grok_jax.figures --figure=fig1            # quick scale: minutes on a laptop CPU
+    python -m grok_jax.figures --figure=all --scale=paper
+    python -m grok_jax.figures --list
+
+Each figure is a preset in ``grok_jax/presets/`` (its runs' grid configs and how it is
+drawn). Its runs are sweeps with a results store each under ``--results``, reused
+when the same run was stored before (by this or another figure); the figure is
+written to ``--out`` as PNG and PDF, with a JSON summary of its numbers beside them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging as std_logging
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import ml_collections
+import numpy as np
+import xarray as xr
+
+from grok_jax import analysis, plotting, presets, results
+from grok_jax import config as cfg
+from grok_jax.errors import ConfigError, StoreWriteError
+
+PRESETS_DIR = os.path.dirname(os.path.abspath(presets.__file__))
+Datasets = dict[str, xr.Dataset]  # run name -> its results
+
+
+class Renderer(NamedTuple):
+    """How a figure is drawn: ``draw(datasets, options, head, paths) -> summary``
+    writes the figure to ``paths`` and returns its numbers; ``parameters``: it
+    needs the stored final parameters."""
+
+    draw: Callable[[Datasets, ml_collections.ConfigDict, str, Sequence[str]], dict]
+    parameters: bool = False
+
+
+def _only(datasets: Datasets) -> xr.Dataset:
+    (ds,) = datasets.values()
+    return ds
+
+
+def _draw_dynamics(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
+    ds = _only(datasets)
+    plotting.dynamics(ds, options.rows, f"{head}: {plotting.title(ds)}", paths)
+    return {"lanes": analysis.lane_summary(ds)}
+
+
+def stack_runs(datasets: Datasets, field: str) -> tuple[xr.DataArray, xr.DataArray | None, list[dict]]:
+    """The cell phases (and seed fractions) of runs that differ in config ``field``,
+    stacked along a new dim ``field`` in the order of its values, over the union of
+    their axes: a cell that a run lacks (an α left out of one batch size) is -1, not
+    run. Also returns the runs' configs, in that order."""
+    configs = [json.loads(ds.attrs["config"]) for ds in datasets.values()]
+    order = np.argsort([c[field] for c in configs], kind="stable")
+    cells = [plotting._cell_phase(list(datasets.values())[i]) for i in order]
+    configs = [configs[i] for i in order]
+    index = xr.DataArray([c[field] for c in configs], dims=field, name=field)
+    phase = xr.concat([c[0] for c in cells], index, join="outer", fill_value=-1)
+    fraction = (xr.concat([c[1] for c in cells], index, join="outer", fill_value=np.nan)
+                if cells[0][1] is not None else None)
+    return phase, fraction, configs
+
+
+def _draw_phases(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
+    first = next(iter(datasets.values()))
+    x, y = plotting.plot_axes(first)
+    if len(datasets) == 1:
+        phase, fraction = plotting._cell_phase(first)
+        title = plotting.title(first)
+    else:  # one run per value of options.panel (e.g. batch sizes, whose step counts differ)
+        field = options.panel
+        phase, fraction, configs = stack_runs(datasets, field)
+        per_run = "; ".join(f"{field} {c[field]}: {c['steps']} steps, lr {c['lr']:g}" for c in configs)
+        title = f"{plotting.title(first)} [{per_run}]"
+    plotting.heatmap(phase, x, y, paths, f"{head}: {title}", phase=True, fraction=fraction)
+    return {"phases": {name: plotting.phase_table(ds) for name, ds in datasets.items()}}
+
+
+def _draw_ipr_histograms(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
+    ds = _only(datasets)
+    init = analysis.initial_ipr(ds)
+    final = ds[f"ipr_{init.dims[-1]}"]
+    plotting.ipr_histograms(final, init, ds, options.bins, f"{head}: {plotting.title(ds)}", paths)
+    lanes = analysis.lane_summary(ds)
+    for record, (_, sel) in zip(lanes, plotting.lane_panels(final)):
+        f, i = final.isel(sel).values, init.isel(sel).values
+        record.update(mean_ipr_init=_number(np.nanmean(i)), mean_ipr_final=_number(np.nanmean(f)),
+                      share_above_half_init=_number(np.mean(i > 0.5)), share_above_half_final=_number(np.mean(f > 0.5)))
+    return {"lanes": lanes}
+
+
+def _draw_batchnorm(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
+    ds = _only(datasets)
+    r = analysis.bn_scale_correlation(ds)
+    init = analysis.initial_ipr(ds)
+    plotting.bn_scale_scatter(ds, init, r, options.bins, f"{head}: {plotting.title(ds)}", paths)
+    lanes = analysis.lane_summary(ds)
+    for record, (_, sel) in zip(lanes, plotting.lane_panels(r)):
+        record["correlation_bn_scale_ipr"] = _number(r.isel(sel))
+    return {"lanes": lanes, "mean_correlation": _number(r.mean())}
+
+
+def _draw_pruning(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
+    from grok_jax.pruning import prune
+
+    ds = _only(datasets)
+    curves = prune(ds, tuple(options.fractions) or None, random=options.random, log=print)
+    plotting.pruning_curves(curves, f"{head}: {plotting.title(ds)}", paths)
+    report = {}
+    for order in curves.order.values:
+        at = curves.sel(order=order).sel(fraction=list(options.report), method="nearest")
+        spread = [d for d in at.dims if d != "fraction"]
+        report[str(order)] = {f"{float(f):.3g}": {m: _number(at[m].sel(fraction=f).mean(spread))
+                                                 for m in ("test_acc", "train_acc", "corrupt_acc", "clean_acc")}
+                              for f in at.fraction.values}
+    summary = {"unpruned": analysis.lane_summary(ds), "pruned": {}}
+    for order in ("low", "high"):
+        summary["pruned"][order] = report.pop(order)
+    summary["pruned"]["random (mean)"] = {
+        f: {m: _number(np.mean([r[f][m] for r in report.values() if r[f][m] is not None] or [np.nan])) for m in v}
+        for f, v in next(iter(report.values()), {}).items()}
+    return summary
+
+
+def _draw_prunable(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
+    from grok_jax.pruning import prune
+
+    ds = _only(datasets)
+    if "width" not in ds.dims:
+        raise ConfigError("the prunable figure needs a width axis (runs.<name>.sweep.width)")
+    curves = prune(ds, tuple(options.fractions) or None, log=print)
+    counts = analysis.prunable(curves, curves["width"], options.threshold)
+    plotting.prunable_vs_width(counts, f"{head}: {plotting.title(ds)}; test accuracy threshold "
+                                       f"{options.threshold:g}", paths)
+    rest = [d for d in counts.dims if d != "width"]
+    return {"threshold": options.threshold, "widths": {
+        f"{int(w)}": {"mean": _number(counts.sel(width=w).mean(rest)), "std": _number(counts.sel(width=w).std(rest)),
+                      "kept_mean": _number(w - counts.sel(width=w).mean(rest)),
+                      "networks": int(np.isfinite(counts.sel(width=w)).sum()),
+                      "counts": [_number(v) for v in np.ravel(counts.sel(width=w).values)]}
+        for w in counts.width.values}}
+
+
+RENDERERS: dict[str, Renderer] = {
+    "dynamics": Renderer(_draw_dynamics),
+    "phases": Renderer(_draw_phases),
+    "ipr_histograms": Renderer(_draw_ipr_histograms),
+    "batchnorm": Renderer(_draw_batchnorm, parameters=True),
+    "pruning": Renderer(_draw_pruning, parameters=True),
+    "prunable": Renderer(_draw_prunable, parameters=True),
+}
+
+
+def _number(value: Any) -> float | None:
+    value = float(np.asarray(value))
+    return round(value, 4) if np.isfinite(value) else None
+
+
+def available_figures() -> list[str]:
+    """Names of the presets in ``grok_jax/presets/``: the paper's figures, then the appendix's."""
+    names = [n[:-3] for n in os.listdir(PRESETS_DIR) if n.endswith(".py") and not n.startswith("_")]
+    return sorted(names, key=lambda n: (not n.startswith("fig"), n))
+
+
+def preset_path(name: str) -> str:
+    """The config file of a figure: a name in ``grok_jax/presets/`` or a path to a ``.py`` file."""
+    if name.endswith(".py"):
+        if not os.path.isfile(name):
+            raise ConfigError(f"figure file {name!r} does not exist")
+        return os.path.abspath(name)
+    path = os.path.join(PRESETS_DIR, f"{name}.py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"unknown figure {name!r}; valid figures: {', '.join(available_figures())}, all")
+    return path
+
+
+def load_figure(name: str, scale: str = "quick") -> ml_collections.ConfigDict:
+    """The checked preset of figure ``name`` at ``scale`` (a ``ConfigError`` names
+    what is wrong: a bad scale, an unknown figure or renderer, a bad run config)."""
+    if scale not in presets.SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(presets.SCALES)}")
+    path = preset_path(name)
+    try:
+        spec = importlib.util.spec_from_file_location(f"grok_jax_figure_{os.path.basename(path)[:-3]}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        config = module.get_config(scale)
+    except ConfigError as e:
+        raise ConfigError(f"figure file {path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - whatever a user's file raises, say where
+        raise ConfigError(f"figure file {path} failed: {cfg._last_line(e)}") from e
+    _check_figure(config, path)
+    return config
+
+
+def _check_figure(config: Any, path: str) -> None:
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config of {path} returned {type(config).__name__}, not an ml_collections.ConfigDict "
+                          "(start from grok_jax.presets.figure_config)")
+    for field in ("description", "renderer", "runs", "options"):
+        if field not in config:
+            raise ConfigError(f"figure {path} has no field {field!r}; start from grok_jax.presets.figure_config")
+    if config.renderer not in RENDERERS:
+        raise ConfigError(f"figure {path}: renderer={config.renderer!r} is not valid; valid: {', '.join(RENDERERS)}")
+    if not config.runs:
+        raise ConfigError(f"figure {path} has no runs")
+    for run, grid in config.runs.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", run):
+            raise ConfigError(f"figure {path}: run name {run!r} must be letters, digits, '_', '.' or '-' "
+                              "(it names the run's results directory)")
+        try:
+            cfg.check_config(grid)
+        except ConfigError as e:
+            raise ConfigError(f"figure {path}, run {run!r}: {e}") from e
+
+
+def output_stem(out: str, name: str, scale: str) -> str:
+    """``out/<name>`` at quick scale (the gallery), ``out/<name>_<scale>`` otherwise."""
+    base = os.path.splitext(os.path.basename(name))[0]
+    return os.path.join(out, base if scale == "quick" else f"{base}_{scale}")
+
+
+def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: str, results_dir: str,
+               memory_gb: float = 4.0, log: Callable[[str], None] = print) -> list[str]:
+    """Runs (or reuses) the figure's sweeps, draws it and writes
+    ``output_stem(...)`` ``.png``, ``.pdf`` and ``.json`` (its numbers). Returns the paths."""
+    from grok_jax.execution import run_sweep
+
+    start = time.perf_counter()
+    renderer = RENDERERS[figure.renderer]
+    datasets, stores, existed = {}, {}, {}
+    for run, grid in figure.runs.items():
+        stores[run] = os.path.join(results_dir, scale, run)
+        existed[run] = os.path.exists(results.store_path(stores[run]))
+        log(f"{name}: run {run!r} -> {stores[run]}")
+        datasets[run] = run_sweep(grid, stores[run], memory_gb, log=log, parameters=renderer.parameters)
+    os.makedirs(out, exist_ok=True)
+    stem = output_stem(out, name, scale)
+    head = f"{os.path.basename(stem)} ({scale} scale)"
+    paths = [f"{stem}.png", f"{stem}.pdf"]
+    summary = renderer.draw(datasets, figure.options, head, paths)
+    record = {"figure": os.path.basename(stem), "scale": scale, "description": figure.description,
+              "stores": stores, "stores_existed": existed,  # reused: the wall time is mostly drawing
+              "wall_seconds": round(time.perf_counter() - start, 1), "summary": summary}
+    _write_json(f"{stem}.json", record)
+    return [*paths, f"{stem}.json"]
+
+
+def _write_json(path: str, record: dict) -> None:
+    partial = f"{path}.partial"
+    with open(partial, "w") as f:
+        json.dump(record, f, indent=1, ensure_ascii=False)
+    os.replace(partial, path)  # a summary is whole or absent
+
+
+def _figure_names(value: str) -> list[str]:
+    names = available_figures() if value == "all" else [v for v in value.split(",") if v]
+    if not names:
+        raise ConfigError(f"--figure={value!r} names no figure; valid figures: {', '.join(available_figures())}, all")
+    return names
+
+
+def _check_shared_runs(figures: dict[str, ml_collections.ConfigDict]) -> None:
+    """Runs of the same name share a store: their configs must be equal."""
+    seen: dict[str, tuple[str, str]] = {}
+    for name, figure in figures.items():
+        for run, grid in figure.runs.items():
+            text = grid.to_json(sort_keys=True)
+            if run in seen and seen[run][1] != text:
+                raise ConfigError(f"figures {seen[run][0]} and {name} both have a run {run!r} with different "
+                                  "configs; rename one of them")
+            seen.setdefault(run, (name, text))
+
+
+def _listing(scale: str) -> str:
+    lines = [f"{'figure':<14} {'renderer':<15} description (runs at --scale={scale})"]
+    for name in available_figures():
+        figure = load_figure(name, scale)
+        runs = ", ".join(figure.runs)
+        lines.append(f"{name:<14} {figure.renderer:<15} {figure.description} [runs: {runs}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m grok_jax.figures [flags]``: exit status 2 on bad input (before
+    anything runs), 1 when a store or figure cannot be written, 130 on Ctrl-C."""
+    from absl import flags
+
+    from grok_jax import layouts
+    from grok_jax.execution import default_cache_dir, use_compilation_cache
+    from grok_jax.plan import check_resources
+    from grok_jax.sweep import _fail
+
+    argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    fv = flags.FlagValues()
+    figure = flags.DEFINE_string("figure", None, f"figure(s), comma-separated: {', '.join(available_figures())}, "
+                                 "all, or a path to a preset file", flag_values=fv)
+    listing = flags.DEFINE_bool("list", False, "list the figures and exit", flag_values=fv)
+    scale = flags.DEFINE_enum("scale", "quick", presets.SCALES, "quick: minutes on a laptop CPU; paper: the "
+                              "paper's settings; tiny: seconds (tests)", flag_values=fv)
+    out = flags.DEFINE_string("out", "figures", "directory of the figures (PNG, PDF, JSON)", flag_values=fv)
+    results_dir = flags.DEFINE_string("results", os.path.join("results", "figures"), "directory of the runs' "
+                                      "results stores (<results>/<scale>/<run>), reused when present", flag_values=fv)
+    memory = flags.DEFINE_float("memory_gb", 4.0, "memory budget per device for a chunk of lanes, GiB",
+                                flag_values=fv)
+    cache = flags.DEFINE_string("compilation_cache", default_cache_dir(), "persistent compilation cache "
+                                "directory ('' disables it)", flag_values=fv)
+    show_help = flags.DEFINE_bool("help", False, "show this help", short_name="h", flag_values=fv)
+    try:
+        rest = fv(argv)[1:]
+        if show_help.value:
+            print(f"python -m grok_jax.figures [flags]\n{fv.get_help()}")
+            sys.exit(0)
+        if rest:
+            raise ConfigError(f"unexpected arguments {rest}; use --flag=value")
+        if listing.value:
+            print(_listing(scale.value))
+            sys.exit(0)
+        if not figure.value:
+            raise ConfigError(f"no --figure given; valid figures: {', '.join(available_figures())}, all "
+                              "(--list describes them)")
+        figures = {name: load_figure(name, scale.value) for name in _figure_names(figure.value)}
+        _check_shared_runs(figures)
+        check_resources(memory.value, None)
+    except (ConfigError, flags.Error) as e:
+        _fail(e)
+    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
+    layouts.use_cpu_cores()
+    if cache.value:
+        try:
+            use_compilation_cache(cache.value)
+        except OSError as e:
+            print(f"warning: no compilation cache ({cache.value}: {e.strerror or e})", file=sys.stderr)
+    for name, config in figures.items():
+        try:
+            start = time.perf_counter()
+            paths = run_figure(name, config, scale.value, out.value, results_dir.value, memory.value)
+            print(f"{name}: wrote {', '.join(paths)} ({time.perf_counter() - start:.0f} s)")
+        except ConfigError as e:
+            _fail(f"{name}: {e}")
+        except StoreWriteError as e:
+            _fail(f"{name}: {e}", status=1)
+        except OSError as e:
+            _fail(f"{name}: cannot write the figure to {out.value}: {e.strerror or e}", status=1)
+        except KeyboardInterrupt:
+            _fail(f"interrupted in {name}; finished runs are kept under {results_dir.value}: run the same "
+                  "command again to resume", status=130)
+
+
+if __name__ == "__main__":
+    main()

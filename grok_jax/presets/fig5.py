@@ -1,0 +1,21 @@
+"""Figure 5: BatchNorm keeps low-IPR neurons but gives them small |scale|.
+
+Adam on mini-batches of 64, lr 0.005, 8000 steps (the paper's 2000 full-batch-
+equivalent steps scaled by App. A), α 0.65, ξ 0.2, N 500, post-activation BatchNorm.
+"""
+
+from grok_jax.config import scale_for_batch
+from grok_jax.presets import figure_config, pick, run_config
+
+
+def get_config(scale: str = "quick"):
+    run = run_config(scale)
+    run.batchnorm = True  # post-activation BatchNorm (Eq. 5), PyTorch running statistics
+    run.alpha = 0.65  # data fraction
+    run.xi = 0.2  # corruption fraction
+    run.sweep.seed = pick(scale, (0, 1), (0, 1, 2), (0, 1, 2))  # one correlation per seed
+    run = scale_for_batch(run, pick(scale, 32, 64, 64))  # batch 64: 4 × the steps, lr 0.01 -> 0.005
+    config = figure_config("BatchNorm: per-neuron IPR histogram and |BN scale| against IPR_k, with their "
+                           "correlation coefficient", "batchnorm", batchnorm=run)
+    config.options.bins = 25  # histogram bins over [0, 1]
+    return config

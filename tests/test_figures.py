@@ -1,0 +1,265 @@
+"""The figures command: every figure end to end at the tiny scale, their numbers
+against independent computations, presets, and bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import grok_jax
+from grok_jax import analysis, figures, presets
+from grok_jax.errors import ConfigError
+from grok_jax.models import mlp2
+from grok_jax.train import stream_key
+
+# Tiny programs run for a few steps: compiling them fast matters more than running them fast.
+FAST_COMPILE = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
+                                            " --xla_backend_optimization_level=0").strip()}
+
+
+def _figures(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "grok_jax.figures", *args, "--compilation_cache="],
+                          capture_output=True, text=True, timeout=900, env=env or FAST_COMPILE)
+
+
+@pytest.fixture(scope="module")
+def tiny_figures(tmp_path_factory):
+    """``--figure=all --scale=tiny``, once: (figures directory, results directory, stdout)."""
+    root = tmp_path_factory.mktemp("figures")
+    out, res = root / "figs", root / "results"
+    proc = _figures("--figure=all", "--scale=tiny", f"--out={out}", f"--results={res}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, res, proc.stdout
+
+
+def _summary(out, name):
+    return json.loads((out / f"{name}_tiny.json").read_text())
+
+
+def test_every_figure_renders_at_tiny_scale(tiny_figures):
+    out, _, stdout = tiny_figures
+    for name in figures.available_figures():
+        assert f"{name}: wrote" in stdout
+        assert (out / f"{name}_tiny.png").stat().st_size > 10_000, name
+        assert (out / f"{name}_tiny.pdf").read_bytes()[:5] == b"%PDF-", name
+        record = _summary(out, name)
+        assert record["figure"] == f"{name}_tiny" and record["scale"] == "tiny" and record["wall_seconds"] > 0
+        assert record["summary"], name
+    assert not list(out.glob("*.partial"))
+
+
+def test_shared_runs_are_trained_once(tiny_figures):
+    """fig1 and fig4 share the run 'noisy': the second finds it done."""
+    _, res, stdout = tiny_figures
+    fig4 = stdout[stdout.index("fig4: run"):]
+    assert "2 lanes already done" in fig4.split("fig4: wrote")[0]
+    assert sorted(p.name for p in (res / "tiny").iterdir()) == sorted(
+        {run for name in figures.available_figures() for run in figures.load_figure(name, "tiny").runs})
+
+
+def test_dynamics_marks_are_the_first_logged_crossings(tiny_figures):
+    """The grokking and unlearning steps in fig1's summary, recomputed by hand from the log."""
+    out, res, _ = tiny_figures
+    ds = grok_jax.load_results(res / "tiny" / "noisy", parameters=False)
+    for lane in _summary(out, "fig1")["summary"]["lanes"]:
+        run = ds.sel(wd=lane["wd"])
+        test, corrupt, clean = (run[k].values for k in ("test_acc", "corrupt_acc", "clean_acc"))
+        steps = run.step.values
+        grok = next((s for s, a in zip(steps, test) if a >= 0.9 - 1e-6), None)
+        assert lane["grok_step"] == grok
+        unlearn, memorized = None, False
+        for s, c, k in zip(steps, corrupt, clean):
+            if memorized and c <= 0.1 + 1e-6 and k >= 0.9 - 1e-6:
+                unlearn = s
+                break
+            memorized |= c >= 0.9 - 1e-6
+        assert lane["unlearn_step"] == unlearn
+        assert lane["final_test_acc"] == pytest.approx(float(test[-1]), abs=1e-4)
+
+
+def _numpy_ipr(x):
+    power = np.abs(np.fft.rfft(x.astype(np.float64), axis=-1)) ** 2
+    return (power ** 2).sum(-1) / power.sum(-1) ** 2
+
+
+def test_initial_ipr_is_the_init_networks_ipr_by_numpy(tiny_figures):
+    _, res, _ = tiny_figures
+    ds = grok_jax.load_results(res / "tiny" / "noisy", parameters=False)
+    init = analysis.initial_ipr(ds)
+    assert init.dims == ds.ipr_hidden.dims and init.shape == ds.ipr_hidden.shape
+    params = mlp2.init_params(stream_key(0, "init"), 11, 24)
+    U, V, W = (np.asarray(params[k]) for k in "UVW")  # U, V: (p, N); W: (N, p)
+    expected = (_numpy_ipr(U.T) + _numpy_ipr(V.T) + _numpy_ipr(W)) / 3
+    for wd in ds.wd.values:  # the same seed: the same initial network in every lane
+        np.testing.assert_allclose(init.sel(wd=wd).values, expected, rtol=2e-5)
+    assert not np.allclose(init.values, ds.ipr_hidden.values)  # training moved it
+
+
+def test_batchnorm_correlation_is_pearsons_r(tiny_figures):
+    out, res, _ = tiny_figures
+    ds = grok_jax.load_results(res / "tiny" / "batchnorm")
+    lanes = _summary(out, "fig5")["summary"]["lanes"]
+    assert [lane["seed"] for lane in lanes] == [0, 1]
+    for lane in lanes:
+        scale = np.abs(ds["params.bn_scale"].sel(seed=lane["seed"]).values)
+        ipr = ds["ipr_hidden"].sel(seed=lane["seed"]).values
+        r = np.corrcoef(scale, ipr)[0, 1]
+        assert lane["correlation_bn_scale_ipr"] == pytest.approx(r, abs=1e-3)
+
+
+def test_phase_panels_are_the_stores_phases(tiny_figures):
+    out, res, _ = tiny_figures
+    phases = _summary(out, "fig3_batch")["summary"]["phases"]
+    assert list(phases) == list(figures.load_figure("fig3_batch", "tiny").runs)
+    for run, table in phases.items():
+        ds = grok_jax.load_results(res / "tiny" / run, parameters=False)
+        assert table == grok_jax.plotting.phase_table(ds)
+        assert json.loads(ds.attrs["config"])["batchnorm"] is True
+
+
+def test_pruning_summary_reads_the_curves(tiny_figures):
+    out, res, _ = tiny_figures
+    record = _summary(out, "fig6")["summary"]
+    curves = grok_jax.pruning.prune(res / "tiny" / "coexistence", random=2)
+    low = curves.sel(order="low").sel(fraction=0.25, method="nearest")
+    assert record["pruned"]["low"]["0.25"]["corrupt_acc"] == pytest.approx(float(low.corrupt_acc.mean()), abs=1e-4)
+    high = curves.sel(order="high").sel(fraction=0.5, method="nearest")
+    assert record["pruned"]["high"]["0.5"]["test_acc"] == pytest.approx(float(high.test_acc.mean()), abs=1e-4)
+
+
+def test_prunable_counts_follow_the_rule():
+    """Synthetic curves: the count before the first drop below the threshold."""
+    fraction = np.arange(11) / 10
+    acc = np.array([
+        [1.0, 1.0, 0.95, 0.91, 0.5, 0.95, 0.2, 0.1, 0.1, 0.0, 0.0],  # drops at 0.4 (regains later: ignored)
+        [0.8] * 11,  # never generalized: NaN
+        [1.0] * 11,  # survives everything
+        [0.95, 0.3] + [0.0] * 9,  # drops at once after the first
+    ])
+    curves = xr.Dataset({"test_acc": (("seed", "order", "fraction"), acc[:, None, :])},
+                        {"seed": [0, 1, 2, 3], "order": ["low"], "fraction": fraction})
+    counts = analysis.prunable(curves, 20)
+    np.testing.assert_array_equal(counts.values, [6.0, np.nan, 20.0, 0.0])
+    widths = xr.DataArray([10, 20, 30, 40], dims="seed")
+    np.testing.assert_array_equal(analysis.prunable(curves, widths).values, [3.0, np.nan, 30.0, 0.0])
+
+
+@pytest.mark.parametrize("scale", presets.SCALES)
+def test_every_preset_is_valid_at_every_scale(scale):
+    loaded = {name: figures.load_figure(name, scale) for name in figures.available_figures()}
+    figures._check_shared_runs(loaded)  # runs of one name share a store: equal configs
+    assert {"fig1", "fig2", "fig3_wd", "fig3_dropout", "fig3_batch", "fig4", "fig5", "fig6",
+            "appE", "appM", "appN", "appO", "appP", "appQ"} <= set(loaded)
+
+
+def test_paper_presets_use_the_papers_settings():
+    fig1 = figures.load_figure("fig1", "paper").runs.noisy
+    assert (fig1.p, fig1.width, fig1.steps, fig1.alpha, fig1.xi, tuple(fig1.sweep.wd)) == (
+        97, 500, 2000, 0.5, 0.35, (0.0, 5.0, 15.0))
+    fig5 = figures.load_figure("fig5", "paper").runs.batchnorm
+    assert (fig5.batch_size, fig5.lr, fig5.steps, fig5.alpha, fig5.xi, fig5.width, fig5.batchnorm) == (
+        64, 0.005, 8000, 0.65, 0.2, 500, True)
+    fig3 = figures.load_figure("fig3_wd", "paper").runs.alpha_wd
+    assert len(fig3.sweep.alpha) == 17 and len(fig3.sweep.xi) == 19 and tuple(fig3.sweep.wd) == (0, 5, 15, 20)
+    fig6 = figures.load_figure("fig6", "paper").runs.coexistence
+    assert (fig6.wd, fig6.xi, fig6.alpha) == (0.0, 0.35, 0.5)
+
+
+def test_a_copied_preset_with_a_changed_field(tmp_path):
+    source = os.path.join(figures.PRESETS_DIR, "fig2.py")
+    mine = tmp_path / "my_fig2.py"
+    mine.write_text(open(source).read().replace("run.wd = 5.0", "run.wd = 7.0"))
+    assert figures.load_figure(str(mine), "tiny").runs.clean.wd == 7.0
+    assert figures.output_stem("figs", str(mine), "quick") == os.path.join("figs", "my_fig2")
+
+
+BAD = [  # (arguments, fragment of the one-line message)
+    (["--figure=fig99"], "unknown figure 'fig99'; valid figures: fig1, fig2"),
+    (["--figure=fig1", "--scale=huge"], "value should be one of <tiny|quick|paper>"),
+    ([], "no --figure given; valid figures: fig1"),
+    (["--figure=fig1,nope"], "unknown figure 'nope'"),
+    (["--figure=missing.py"], "figure file 'missing.py' does not exist"),
+    (["--figure=fig1", "extra"], "unexpected arguments ['extra']"),
+    (["--figure=fig1", "--memory_gb=-1"], "memory_gb"),
+]
+
+
+@pytest.mark.parametrize("args,needle", BAD)
+def test_bad_input_is_one_line_and_status_2(args, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        figures.main([*args, f"--out={tmp_path / 'o'}", f"--results={tmp_path / 'r'}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_bad_presets_are_named(tmp_path):
+    cases = {
+        "renderer.py": ("from grok_jax.presets import figure_config, run_config\n"
+                        "def get_config(scale):\n    return figure_config('x', 'sketch', a=run_config(scale))\n",
+                        "renderer='sketch' is not valid; valid: dynamics"),
+        "run.py": ("from grok_jax.presets import figure_config, run_config\n"
+                   "def get_config(scale):\n    r = run_config(scale); r.xi = 2.0\n"
+                   "    return figure_config('x', 'phases', a=r)\n", "run 'a'"),
+        "noruns.py": ("from grok_jax.presets import figure_config\n"
+                      "def get_config(scale):\n    return figure_config('x', 'phases')\n", "has no runs"),
+        "broken.py": ("def get_config(scale):\n    raise RuntimeError('oops')\n", "RuntimeError: oops"),
+    }
+    for name, (text, needle) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=None) as e:
+            figures.load_figure(str(tmp_path / name), "tiny")
+        assert needle in str(e.value), (name, str(e.value))
+
+
+def test_list_names_every_figure(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        figures.main(["--list"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0
+    for name in figures.available_figures():
+        assert f"\n{name} " in text
+
+
+def test_a_figure_again_reuses_its_store_and_redraws(tiny_figures, tmp_path):
+    _, res, _ = tiny_figures
+    results = tmp_path / "results"
+    shutil.copytree(res / "tiny" / "forgetting", results / "tiny" / "forgetting")
+    before = grok_jax.load_results(results / "tiny" / "forgetting", parameters=False).train_loss.values
+    proc = _figures("--figure=appE", "--scale=tiny", f"--out={tmp_path / 'figs'}", f"--results={results}")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 lanes already done" in proc.stdout and (tmp_path / "figs" / "appE_tiny.png").exists()
+    after = grok_jax.load_results(results / "tiny" / "forgetting", parameters=False).train_loss.values
+    np.testing.assert_array_equal(after, before)
+
+
+def test_phase_panels_of_runs_with_missing_cells(tiny_figures, tmp_path):
+    """Runs of one panel field with different α values: the panels share the union
+    of the axes, and a cell a run lacks is drawn as not run."""
+    _, res, _ = tiny_figures
+    ds = grok_jax.load_results(res / "tiny" / "bn_batch32", parameters=False)
+    other = ds.isel(alpha=[1])
+    config = json.loads(other.attrs["config"])
+    config["batch_size"], config["steps"] = 16, 960
+    other.attrs = {**ds.attrs, "config": json.dumps(config)}  # a new dict: ds keeps its own
+    options = figures.ml_collections.ConfigDict({"panel": "batch_size"})
+    paths = [str(tmp_path / "panels.png")]
+    summary = figures._draw_phases({"b": other, "a": ds}, options, "test", paths)
+    assert (tmp_path / "panels.png").stat().st_size > 10_000
+    assert summary["phases"]["b"] == grok_jax.plotting.phase_table(other)
+    phase, _, configs = figures.stack_runs({"b": other, "a": ds}, "batch_size")
+    assert [c["batch_size"] for c in configs] == [16, 32] and phase.batch_size.values.tolist() == [16, 32]
+    np.testing.assert_array_equal(phase.sel(batch_size=32).values, ds.phase.values)
+    assert (phase.sel(batch_size=16, alpha=ds.alpha.values[0]).values == -1).all()
+    np.testing.assert_array_equal(phase.sel(batch_size=16, alpha=ds.alpha.values[1]).values, ds.phase.values[1])
+
+
+def test_one_row_batches_are_left_out_of_the_batchnorm_panels():
+    runs = figures.load_figure("fig3_batch", "paper").runs
+    assert 0.2 not in runs.bn_batch8.sweep.alpha and len(runs.bn_batch8.sweep.alpha) == 16
+    assert len(runs.bn_batch64.sweep.alpha) == len(runs.bn_batch256.sweep.alpha) == 17
