@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_baseline  # noqa: E402
+import torch_transformer  # noqa: E402
 
 from grok_jax.config import base_config  # noqa: E402
 from grok_jax.data import split_sizes  # noqa: E402
@@ -255,12 +256,48 @@ def bench_minibatch(steps: int, batch_size: int = 64, rounds: int = 2) -> None:
     table("mini-batch check: seed-mean final accuracy per wd, grok_jax / PyTorch", rows)
 
 
+def bench_transformer(lanes: int = 16, rounds: int = 3, extra: int = 3) -> None:
+    """The Transformer at d 128, p 97, α 0.5: time per run-step of a ``lanes``-lane
+    grid (the chunk programs timed at two run lengths, per extra step) against the
+    authors' PyTorch block, one run at a time; and the fraction of the matmul limit
+    for the FLOPs of their block (attention and MLP at both positions) and for the
+    FLOPs grok_jax does (query, attention output and MLP at the last position)."""
+    p, d, alpha = 97, 128, 0.5
+
+    def transformer_config(steps: int):
+        c = config(p, d, alpha, steps, seed=range(lanes))
+        c.model, c.lr = "transformer", 1e-3
+        return c
+
+    runs = [chunk_programs(transformer_config(steps)) for steps in (2, 2 + extra)]
+    times, rates = np.zeros((rounds, 2)), []
+    for r in range(rounds):
+        rates.append(matmul_rate((2048,), reps=3))
+        for i, (program, chunks) in enumerate(runs):
+            times[r, i] = run_seconds(program, chunks)
+    ours = (times[:, 1] - times[:, 0]) / extra / lanes
+    theirs = torch_transformer.time_per_step(p, d, alpha)
+    n_train, _ = split_sizes(alpha, 0.0, "add", p)
+    rate = float(np.median(rates))
+    full = 6.0 * n_train * (24 * d * d + 2 * d * p) / rate  # their block's matmuls, forward and backward
+    done = 6.0 * n_train * (9 * d * d + d * p) / rate  # out, MLP at the last position; q, k, v gathered
+    step = float(np.median(ours))
+    table(f"transformer: p {p}, d {d}, 4 heads, α {alpha}, {lanes} lanes, time per run-step ({rounds} rounds)", [
+        ("grok_jax", f"{step * 1e3:.1f} ms (median; rounds {ours.min() * 1e3:.1f}-{ours.max() * 1e3:.1f})"),
+        ("PyTorch baseline (authors' block)", f"{theirs * 1e3:.1f} ms"),
+        ("speed-up vs baseline", f"{theirs / step:.2f}x  (target >= 3x)"),
+        ("matmul rate", f"{rate / 1e9:.0f} GFLOP/s (median of the rounds)"),
+        ("fraction of the limit, their FLOPs", f"{full / step:.0%} (limit {full * 1e3:.1f} ms)"),
+        ("fraction of the limit, FLOPs done", f"{done / step:.0%} (limit {done * 1e3:.1f} ms)"),
+    ])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000,
                         help="steps of the small grid (groups: a tenth of them, minibatch: twice)")
     parser.add_argument("--paper_lanes", type=int, default=16)
-    parser.add_argument("--only", choices=("paper", "small", "logging", "groups", "minibatch"),
+    parser.add_argument("--only", choices=("paper", "small", "logging", "groups", "minibatch", "transformer"),
                         help="run one benchmark")
     args = parser.parse_args()
     devices = jax.devices()
@@ -278,6 +315,8 @@ def main() -> None:
         bench_compile_groups(args.steps // 10)
     if args.only in (None, "minibatch"):
         bench_minibatch(2 * args.steps)
+    if args.only in (None, "transformer"):
+        bench_transformer()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\n# peak RSS of this process: {peak:.2f} GiB")
 

@@ -29,8 +29,9 @@ def _plan(ds: xr.Dataset):
 
 
 def _lane_dims(ds: xr.Dataset) -> list[str]:
-    """The swept axes of the store, in grid order (C order of the plan's lanes)."""
-    return list(json.loads(ds.attrs["axes"]))
+    """The swept axes of the store still in ``ds`` (a selection may drop some), in
+    grid order (C order of the plan's lanes)."""
+    return [a for a in json.loads(ds.attrs["axes"]) if a in ds.dims]
 
 
 def initial_ipr(ds: xr.Dataset, group: str | None = None) -> xr.DataArray:

@@ -12,7 +12,7 @@ import ml_collections
 
 from grok_jax.data import check_task, split_sizes
 from grok_jax.errors import ConfigError
-from grok_jax.models import MODELS
+from grok_jax.models import ACTIVATION_MODELS, BATCHNORM_MODELS, MODELS
 from grok_jax.models.mlp2 import BN_STATS
 
 GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")  # installed with the package
@@ -20,7 +20,7 @@ GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")  #
 TRACED_AXES = ("seed", "xi", "wd", "alpha", "dropout", "lr")
 # Settings a sweep may vary that change the program (shapes or code): each
 # combination of their values is a compile group of its own.
-STATIC_AXES = ("model", "task", "p", "width", "activation", "loss", "batch_size")
+STATIC_AXES = ("model", "task", "p", "width", "activation", "loss", "batch_size", "parameterization")
 SWEEPABLE = TRACED_AXES + STATIC_AXES
 SCALES = ("small", "paper")
 
@@ -33,11 +33,17 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     paper = scale == "paper"
     c = ml_collections.ConfigDict()
     c.scale = scale  # which preset the sizes below come from (recorded for titles)
-    c.model = "mlp2"  # model by name, see grok_jax.models.MODELS ("mlp2": the paper's Eq. 1)
+    # model by name, see grok_jax.models.MODELS: "mlp2" (the paper's Eq. 1), "mlp3" (3-layer
+    # ReLU MLP, Fig. 7b), "transformer" (1-layer encoder, Fig. 7a; width is its d_embed)
+    c.model = "mlp2"
     c.task = "add"  # (m ∘ n) mod p with ∘ one of add, sub, mul, div (div needs prime p)
     c.p = 97 if paper else 41  # modulus; the data set is all p² ordered pairs
     c.width = 500 if paper else 128  # hidden width N
-    c.activation = "quad"  # φ: "quad" (x², the paper's Eq. 1) or "relu" (App. N)
+    c.activation = "quad"  # mlp2's φ: "quad" (x², the paper's Eq. 1) or "relu" (App. N); the others are ReLU
+    c.parameterization = "standard"  # mlp3's init: "standard" N(0, 2/fan_in) or "lazy" N(0, 2/N^(2/3)) (App. G.3)
+    c.heads = 4  # transformer: attention heads (must divide width, the embedding dimension)
+    c.layernorm = False  # transformer: LayerNorm before each sublayer (the paper's has none)
+    c.tie_embeddings = False  # transformer: read out with the token embedding (the paper's does not)
     c.batchnorm = False  # post-activation BatchNorm with learned scale and shift (Eq. 5)
     # What BatchNorm's eval mode normalizes with: "running" (PyTorch BatchNorm1d: running
     # mean and unbiased variance, momentum 0.1) or "full_batch" (all training rows' statistics)
@@ -68,11 +74,13 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
 # Python types of the fields (a float field takes an int too; bool is no number).
 FIELD_TYPES = {
     "scale": str, "model": str, "task": str, "p": int, "width": int, "activation": str, "batchnorm": bool,
+    "parameterization": str, "heads": int, "layernorm": bool, "tie_embeddings": bool,
     "bn_stats": str, "loss": str, "batch_size": int, "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
     "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int,
 }
 CHOICES = {"scale": SCALES, "model": MODELS, "activation": ("quad", "relu"), "loss": ("mse", "ce"),
-           "bn_stats": BN_STATS}  # MODELS: looked up when checked, so that models registered later count
+           "bn_stats": BN_STATS, "parameterization": ("standard", "lazy")}
+# MODELS: looked up when checked, so that models registered later count
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # swept values are float32 arrays on the device
 MAX_P = 46340  # pair indices m·p + n are int32: p² < 2³¹
@@ -105,6 +113,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _check_plot(config.plot)
     if config.steps % config.log_every:
         raise ConfigError(f"steps={config.steps} is not a multiple of log_every={config.log_every}")
+    _check_model_options(config)
     for task, p, batch in itertools.product(*(axis_values(config, a) for a in ("task", "p", "batch_size"))):
         check_task(task, p)
         for alpha, xi in itertools.product(axis_values(config, "alpha"), axis_values(config, "xi")):
@@ -114,6 +123,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                 raise ConfigError(f"batch_size={batch} with alpha={alpha} at p={p} ({n_train} training pairs) "
                                   "gives batches of one row, whose BatchNorm statistics are undefined (PyTorch "
                                   "raises); choose another batch_size or alpha")
+
+
+def _check_model_options(config: ml_collections.ConfigDict) -> None:
+    """Options that only some models have are refused for the others, rather than
+    silently ignored."""
+    for model in axis_values(config, "model"):
+        if config.batchnorm and model not in BATCHNORM_MODELS:
+            raise ConfigError(f"batchnorm=True: model {model!r} has no BatchNorm option; models with one: "
+                              f"{', '.join(BATCHNORM_MODELS)}")
+        if model not in ACTIVATION_MODELS and "activation" in config.sweep:
+            raise ConfigError(f"sweep axis 'activation' does nothing for model {model!r} (a ReLU network); "
+                              f"models with an activation choice: {', '.join(ACTIVATION_MODELS)}")
+        if model == "transformer":
+            for width in axis_values(config, "width"):
+                if width % config.heads:
+                    raise ConfigError(f"heads={config.heads} does not divide width={width} (the transformer's "
+                                      "embedding dimension)")
 
 
 def _check_sweep(config: ml_collections.ConfigDict) -> None:
@@ -172,7 +198,7 @@ def _range_error(name: str, value) -> str | None:
         return f"is outside int32 [{-2**31}, {INT32_MAX}]"
     if name == "p" and value > MAX_P:
         return f"is too large: pair indices are int32, p <= {MAX_P}"
-    if name in ("steps", "log_every", "width", "compile_groups") and not 1 <= value <= INT32_MAX:
+    if name in ("steps", "log_every", "width", "compile_groups", "heads") and not 1 <= value <= INT32_MAX:
         return f"must be >= 1 (and at most {INT32_MAX})"
     if name == "batch_size" and not 0 <= value <= INT32_MAX:
         return "must be >= 0 (0: full batch)"
@@ -191,7 +217,7 @@ def _did_you_mean(name: str, valid) -> str:
 
 
 STATIC_FIELDS = ("model", "task", "p", "width", "activation", "batchnorm", "bn_stats", "loss", "batch_size",
-                 "steps", "log_every", "b1", "b2", "eps")
+                 "steps", "log_every", "b1", "b2", "eps", "parameterization", "heads", "layernorm", "tie_embeddings")
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:

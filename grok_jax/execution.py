@@ -235,7 +235,7 @@ def run_sweep(
         return _sweep(config, config_json, plan, mesh, None, np.zeros(plan.n_lanes, bool), progress, log)
     path = results.store_path(out)
     with results.exclusive(path):
-        existing = results.open_to_resume(path, config_json, RESUMABLE)
+        existing = results.open_to_resume(path, config_json, RESUMABLE, defaults=cfg.base_config().to_dict())
         stored = results.stored_layout(existing) if existing is not None else None
         if stored is not None:
             plan = _resume_plan(config, memory_gb, devices, stored, plan, log)

@@ -50,7 +50,14 @@ def _only(datasets: Datasets) -> xr.Dataset:
 def _draw_dynamics(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
     ds = _only(datasets)
     plotting.dynamics(ds, options.rows, f"{head}: {plotting.title(ds)}", paths)
-    return {"lanes": analysis.lane_summary(ds)}
+    lanes = analysis.lane_summary(ds)
+
+    def line(lane: dict) -> str:
+        where = ", ".join(f"{k}={v}" for k, v in lane.items() if k in ds.dims)
+        what = f"{lane['phase']}, test {lane['final_test_acc']}, train {lane['final_train_acc']}"
+        return f"{where}: {what}" if where else what
+
+    return {"lanes": lanes, "headline": "; ".join(line(lane) for lane in lanes)}
 
 
 def stack_runs(datasets: Datasets, field: str) -> tuple[xr.DataArray, xr.DataArray | None, list[dict]]:
@@ -86,11 +93,14 @@ def _draw_phases(datasets: Datasets, options: Any, head: str, paths: Sequence[st
 
 def _draw_ipr_histograms(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
     ds = _only(datasets)
-    init = analysis.initial_ipr(ds)
+    select = dict(options.get("select", {}))  # cells drawn, e.g. {"alpha": 0.5, "xi": 0.2}
+    init = analysis.initial_ipr(ds).sel(select)
+    ds = ds.sel(select)
     final = ds[f"ipr_{init.dims[-1]}"]
-    plotting.ipr_histograms(final, init, ds, options.bins, f"{head}: {plotting.title(ds)}", paths)
+    chosen = "".join(f", {k}={v:g}" for k, v in select.items())
+    plotting.ipr_histograms(final, init, ds, options.bins, f"{head}: {plotting.title(ds)}{chosen}", paths)
     lanes = analysis.lane_summary(ds)
-    for record, (_, sel) in zip(lanes, plotting.lane_panels(final)):
+    for record, (_, sel) in zip(lanes, plotting.lane_panels(ds)):
         f, i = final.isel(sel).values, init.isel(sel).values
         record.update(mean_ipr_init=_number(np.nanmean(i)), mean_ipr_final=_number(np.nanmean(f)),
                       share_above_half_init=_number(np.mean(i > 0.5)), share_above_half_final=_number(np.mean(f > 0.5)))
@@ -103,9 +113,11 @@ def _draw_batchnorm(datasets: Datasets, options: Any, head: str, paths: Sequence
     init = analysis.initial_ipr(ds)
     plotting.bn_scale_scatter(ds, init, r, options.bins, f"{head}: {plotting.title(ds)}", paths)
     lanes = analysis.lane_summary(ds)
-    for record, (_, sel) in zip(lanes, plotting.lane_panels(r)):
+    for record, (_, sel) in zip(lanes, plotting.lane_panels(ds)):
         record["correlation_bn_scale_ipr"] = _number(r.isel(sel))
-    return {"lanes": lanes, "mean_correlation": _number(r.mean())}
+    values = ", ".join(f"{v:.2f}" for v in np.ravel(r.values))
+    return {"lanes": lanes, "mean_correlation": _number(r.mean()),
+            "headline": f"correlation of |BN scale| with IPR_k: r = {values} (mean {float(r.mean()):.2f})"}
 
 
 def _draw_pruning(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
@@ -124,6 +136,10 @@ def _draw_pruning(datasets: Datasets, options: Any, head: str, paths: Sequence[s
     summary = {"unpruned": analysis.lane_summary(ds), "pruned": {}}
     for order in ("low", "high"):
         summary["pruned"][order] = report.pop(order)
+    low, high = summary["pruned"]["low"], summary["pruned"]["high"]
+    summary["headline"] = "; ".join(
+        f"{name} {f}: test {v['test_acc']}, corrupted {v['corrupt_acc']}"
+        for name, part in (("lowest-IPR", low), ("highest-IPR", high)) for f, v in part.items())
     summary["pruned"]["random (mean)"] = {
         f: {m: _number(np.mean([r[f][m] for r in report.values() if r[f][m] is not None] or [np.nan])) for m in v}
         for f, v in next(iter(report.values()), {}).items()}
@@ -344,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             paths = run_figure(name, config, scale.value, out.value, results_dir.value, memory.value)
             print(f"{name}: wrote {', '.join(paths)} ({time.perf_counter() - start:.0f} s)")
+            with open(paths[-1]) as f:
+                headline = json.load(f)["summary"].get("headline")
+            if headline:
+                print(f"{name}: {headline}")
         except ConfigError as e:
             _fail(f"{name}: {e}")
         except StoreWriteError as e:

@@ -24,6 +24,7 @@ from grok_jax import config as cfg
 from grok_jax.data import num_pairs, split_sizes
 from grok_jax.errors import ConfigError
 from grok_jax.layouts import default_lanes_per_device
+from grok_jax.models import get_model
 from grok_jax.train import Lane
 
 # Compile groups are added (up to config.compile_groups) until padding costs at most
@@ -239,24 +240,23 @@ def _best_ends(cost: Callable[[int, int], float], k: int, n_groups: int) -> list
 def lane_bytes(config: Any, n_max: int) -> int:
     """Rough device memory of one lane: activations of the step (training rows or a
     mini-batch) and of the evaluation (at most all p² pairs), parameters with their
-    AdamW state, and the log (16 floats per logged step)."""
-    p, width = config.p, config.width
+    AdamW state, and the log (16 floats per logged step); the model's own estimates
+    (:attr:`grok_jax.models.Model.row_floats` and friends)."""
+    model = get_model(config)
     rows = min(config.batch_size, n_max) if config.batch_size else n_max
-    acts = 8 * rows * width + 4 * rows * p + n_max + 3 * p * p * width + 3 * p * p * p
-    return 4 * (acts + 6 * 3 * p * width + 16 * (config.steps // config.log_every + 1))
+    acts = rows * model.row_floats + n_max + config.p * config.p * model.eval_floats
+    return int(4 * (acts + 6 * model.n_params + 16 * (config.steps // config.log_every + 1)))
 
 
 def flops_per_lane(config: Any, n_max: int) -> float:
-    """Matmul FLOPs of one lane of the two-layer MLP: three rows×N×p products per
-    step (rows: the training rows or a mini-batch), and per log a forward over the
-    pairs past the training rows (whose logits come from a full-batch step; with
-    dropout or BatchNorm the evaluation also runs over the training rows, not
-    counted; with mini-batches over all pairs). The one-hot layer is a gather and is
-    not counted. (An estimate for progress and plans, for other models too.)"""
+    """Matmul FLOPs of one lane: three forwards' worth per training row (or
+    mini-batch row) and step, and per log a forward over the pairs past the training
+    rows (whose logits come from a full-batch step; with dropout or BatchNorm the
+    evaluation also runs over the training rows, not counted; with mini-batches over
+    all pairs), from the model's :attr:`~grok_jax.models.Model.row_flops`. (An
+    estimate for progress and plans.)"""
     n_logs = config.steps // config.log_every + 1
     rows, evaluated = n_max, num_pairs(config.task, config.p) - n_max
     if config.batch_size:
         rows, evaluated = config.batch_size, num_pairs(config.task, config.p)
-    return 2.0 * config.width * config.p * (3 * rows * config.steps + evaluated * n_logs)
-
-
+    return get_model(config).row_flops * (3 * rows * config.steps + evaluated * n_logs)

@@ -36,8 +36,12 @@ def title(ds: xr.Dataset) -> str:
     swept = set(json.loads(ds.attrs["axes"]))
     fixed = lambda k, text: [] if k in swept else [text]  # noqa: E731  (swept ones label the panels)
     task = f"{c['task']} mod p={c['p']}" if not {"task", "p"} & swept else None
-    parts = [*fixed("model", c.get("model", "mlp2")), *([task] if task else fixed("task", c["task"]) + fixed("p", f"p={c['p']}")),
-             *fixed("width", f"N={c['width']}"), *fixed("activation", f"φ={c['activation']}"),
+    model = c.get("model", "mlp2")
+    width = (f"d={c['width']}, {c.get('heads', 4)} heads" + (", LayerNorm" if c.get("layernorm") else "")
+             if model == "transformer" else f"N={c['width']}")
+    parts = [*fixed("model", model), *([task] if task else fixed("task", c["task"]) + fixed("p", f"p={c['p']}")),
+             *fixed("width", width), *(fixed("activation", f"φ={c['activation']}") if model == "mlp2" else []),
+             *([f"{c['parameterization']} init"] if model == "mlp3" and "model" not in swept else []),
              *fixed("loss", c["loss"]), f"{c['steps']} steps"]
     if c.get("batch_size") and "batch_size" not in swept:
         parts.append(f"batch {c['batch_size']}")
@@ -204,13 +208,12 @@ ACCURACIES = (  # name, legend, color
     ("inversion_acc", "corrupted vs true labels", "#9467bd"),
     ("clean_acc", "clean training examples", "#ff7f0e"),
 )
-NEURON_DIMS = ("hidden", "operand", "logit")  # per-lane dims that are not swept axes
 
 
-def lane_panels(ds: xr.Dataset | xr.DataArray, skip: Sequence[str] = ()) -> list[tuple[str, dict]]:
-    """``(label, selection)`` of every lane of ``ds`` over its swept dims (those not
-    in ``skip``, ``step`` or a neuron dim), in grid order."""
-    dims = [d for d in ds.dims if d not in (*skip, "step", *NEURON_DIMS) and d in ds.coords]
+def lane_panels(ds: xr.Dataset) -> list[tuple[str, dict]]:
+    """``(label, selection)`` of every lane of ``ds`` over the swept axes it still has
+    (a selection may have dropped some), in grid order."""
+    dims = [d for d in json.loads(ds.attrs["axes"]) if d in ds.dims]
     out = []
     for combo in itertools.product(*(range(ds.sizes[d]) for d in dims)):
         sel = dict(zip(dims, combo))
@@ -269,7 +272,7 @@ def dynamics(ds: xr.Dataset, rows: Sequence[str], suptitle: str, paths: Sequence
 def ipr_histograms(final: xr.DataArray, init: xr.DataArray, ds: xr.Dataset, bins: int, suptitle: str,
                    paths: Sequence[str]) -> list[str]:
     """Per-neuron IPR histograms, one panel per lane: at init (grey) and final."""
-    lanes = lane_panels(final)
+    lanes = lane_panels(ds)
     fig, axs = _grid(1, len(lanes))
     edges = np.linspace(0, 1, bins + 1)
     for ax, (label, sel) in zip(axs.flat, lanes):
@@ -297,7 +300,7 @@ def bn_scale_scatter(ds: xr.Dataset, init: xr.DataArray, r: xr.DataArray, bins: 
     hist.set_xlabel("per-neuron IPR")
     hist.set_ylabel("neurons (all lanes)")
     hist.legend(fontsize=8)
-    for label, sel in lane_panels(ds["ipr_hidden"]):
+    for label, sel in lane_panels(ds):
         scale = np.abs(ds["params.bn_scale"].isel(sel).values)
         scatter.scatter(ds["ipr_hidden"].isel(sel).values, scale, s=6, alpha=0.6,
                         label=f"{label or 'run'}: r = {float(r.isel(sel)):.2f}")

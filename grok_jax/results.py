@@ -158,10 +158,13 @@ def remove_leftovers(path: str, log: Callable[[str], None] = print) -> None:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = ()) -> xr.Dataset | None:
+def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = (),
+                   defaults: dict | None = None) -> xr.Dataset | None:
     """The store at ``path`` if it may be resumed with ``config_json``; ``None`` if
     there is none. A ``ConfigError`` names what is wrong otherwise (not a store, an
-    old format, another config up to the ``resumable`` fields); nothing is written."""
+    old format, another config up to the ``resumable`` fields); nothing is written.
+    A field the stored config lacks (added to grok_jax since) counts as its value in
+    ``defaults``."""
     if not os.path.exists(path):
         return None
     try:
@@ -175,6 +178,7 @@ def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = ())
         raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
                           "choose another --out")
     new = json.loads(config_json)  # numbers compare by value: (0, 5) is (0.0, 5.0); no field may be NaN
+    old = {**{k: v for k, v in (defaults or {}).items() if k not in old}, **old}
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in resumable)
     if diff:
         k = diff[0]

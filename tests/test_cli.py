@@ -152,12 +152,13 @@ def test_bad_input_in_a_process_has_no_traceback(tmp_path):
 
 
 def test_sharded_over_two_devices_matches_one(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     two = _run("--grid=tiny", f"--out={tmp_path / 'two'}", "--config.steps=20", env=env)
     assert two.returncode == 0, two.stderr
     assert "on 2 cpu device(s)" in two.stdout
     one = _run("--grid=tiny", f"--out={tmp_path / 'one'}", "--config.steps=20",
-               env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+               env=dict(os.environ,
+                        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1"))
     assert one.returncode == 0, one.stderr
     assert "on 1 cpu device(s)" in one.stdout
     a, b = grok_jax.load_results(tmp_path / "two"), grok_jax.load_results(tmp_path / "one")

@@ -44,7 +44,7 @@ def stopped(tmp_path_factory):
     the files beside it, and the same command run again; two at a time."""
     tmp = tmp_path_factory.mktemp("faults")
     # The runs share the session's compilation cache (conftest): seconds less per run.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
     ref = _sweep(tmp / "ref", env)
     assert ref.returncode == 0, ref.stderr
 

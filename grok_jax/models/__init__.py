@@ -46,12 +46,21 @@ class Model(Protocol):
       param_dims: path of every leaf of ``variables`` (``"params.U"``) -> names of
         its dims, for the store; equal names mean the same axis (e.g. ``"hidden"``
         for the neurons of the group of that name).
+      row_flops: matmul FLOPs of a forward pass per example (plans and progress
+        estimates; a training step counts 3 forwards).
+      row_floats, eval_floats: activation floats per example held by a training step
+        and by an evaluation (memory estimates for chunk sizes).
+      n_params: number of trained parameters.
     """
 
     groups: Mapping[str, int]
     batch_coupled: bool
     eval_stats: str
     param_dims: Mapping[str, tuple[str, ...]]
+    row_flops: float
+    row_floats: float
+    eval_floats: float
+    n_params: int
 
     def init(self, key: jax.Array) -> Variables:
         """Parameters and initial state of one run, from its init key."""
@@ -87,9 +96,24 @@ def _mlp2(config: Any, readout_columns: int | None = None) -> Model:
                      readout_columns)
 
 
+def _mlp3(config: Any, readout_columns: int | None = None) -> Model:
+    from grok_jax.models import mlp3
+
+    return mlp3.MLP3(config.p, config.width, config.batchnorm, config.bn_stats, config.parameterization)
+
+
+def _transformer(config: Any, readout_columns: int | None = None) -> Model:
+    from grok_jax.models import transformer
+
+    return transformer.Transformer(config.p, config.width, config.heads, config.layernorm, config.tie_embeddings)
+
+
 # name -> factory(config, readout_columns=None): the static config of a compile group;
 # readout_columns is a speed hint of grok_jax.layouts (a model may ignore it).
-MODELS: dict[str, Callable[..., Model]] = {"mlp2": _mlp2}
+MODELS: dict[str, Callable[..., Model]] = {"mlp2": _mlp2, "mlp3": _mlp3, "transformer": _transformer}
+# Models with a BatchNorm option (config.batchnorm) and with an activation choice (config.activation).
+BATCHNORM_MODELS = ("mlp2", "mlp3")
+ACTIVATION_MODELS = ("mlp2",)
 
 
 def get_model(config: ml_collections.ConfigDict | Any, readout_columns: int | None = None) -> Model:

@@ -275,6 +275,22 @@ class MLP2(NamedTuple):
                 "params.bn_scale", "params.bn_shift", "batch_stats.mean", "batch_stats.var")})
         return dims
 
+    @property
+    def row_flops(self) -> float:
+        return 2.0 * self.width * self.p  # the one-hot layer is a gather
+
+    @property
+    def row_floats(self) -> float:
+        return 8.0 * self.width + 4.0 * self.p
+
+    @property
+    def eval_floats(self) -> float:
+        return 3.0 * (self.width + self.p)
+
+    @property
+    def n_params(self) -> int:
+        return 3 * self.p * self.width
+
     def init(self, key: jax.Array) -> Variables:
         variables = {"params": init_params(key, self.p, self.width, self.batchnorm)}
         if self.batchnorm:
