@@ -67,7 +67,7 @@ def stack_runs(datasets: Datasets, field: str) -> tuple[xr.DataArray, xr.DataArr
     run. Also returns the runs' configs, in that order."""
     configs = [json.loads(ds.attrs["config"]) for ds in datasets.values()]
     order = np.argsort([c[field] for c in configs], kind="stable")
-    cells = [plotting._cell_phase(list(datasets.values())[i]) for i in order]
+    cells = [plotting.cell_phase(list(datasets.values())[i]) for i in order]
     configs = [configs[i] for i in order]
     index = xr.DataArray([c[field] for c in configs], dims=field, name=field)
     phase = xr.concat([c[0] for c in cells], index, join="outer", fill_value=-1)
@@ -80,7 +80,7 @@ def _draw_phases(datasets: Datasets, options: Any, head: str, paths: Sequence[st
     first = next(iter(datasets.values()))
     x, y = plotting.plot_axes(first)
     if len(datasets) == 1:
-        phase, fraction = plotting._cell_phase(first)
+        phase, fraction = plotting.cell_phase(first)
         title = plotting.title(first)
     else:  # one run per value of options.panel (e.g. batch sizes, whose step counts differ)
         field = options.panel
@@ -150,8 +150,6 @@ def _draw_prunable(datasets: Datasets, options: Any, head: str, paths: Sequence[
     from grok_jax.pruning import prune
 
     ds = _only(datasets)
-    if "width" not in ds.dims:
-        raise ConfigError("the prunable figure needs a width axis (runs.<name>.sweep.width)")
     curves = prune(ds, tuple(options.fractions) or None, log=print)
     counts = analysis.prunable(curves, curves["width"], options.threshold)
     plotting.prunable_vs_width(counts, f"{head}: {plotting.title(ds)}; test accuracy threshold "
@@ -228,6 +226,8 @@ def _check_figure(config: Any, path: str) -> None:
         raise ConfigError(f"figure {path}: renderer={config.renderer!r} is not valid; valid: {', '.join(RENDERERS)}")
     if not config.runs:
         raise ConfigError(f"figure {path} has no runs")
+    if config.renderer == "prunable" and any("width" not in grid.sweep for grid in config.runs.values()):
+        raise ConfigError(f"figure {path}: the prunable renderer needs a width axis (runs.<name>.sweep.width)")
     for run, grid in config.runs.items():
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", run):
             raise ConfigError(f"figure {path}: run name {run!r} must be letters, digits, '_', '.' or '-' "

@@ -119,7 +119,7 @@ def _save(fig: plt.Figure, suptitle: str, paths: Sequence[str]) -> list[str]:
     return list(paths)
 
 
-def _cell_phase(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
+def cell_phase(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
     """Each cell's phase (the seed majority when seeds are swept) and the fraction
     of its seeds in it (``None`` without a seed axis)."""
     if "phase_majority" in ds:
@@ -162,7 +162,7 @@ def save_figures(ds: xr.Dataset, out: str) -> list[str]:
     x, y = plot_axes(ds)
     if x is None:
         return []
-    phase, fraction = _cell_phase(ds)
+    phase, fraction = cell_phase(ds)
     final = ds.isel(step=-1)
     if "seed" in ds.dims:
         final = final.mean("seed")
@@ -179,7 +179,7 @@ def phase_table(ds: xr.Dataset) -> str:
     """A text table of the (majority) phase of every cell, one block per panel;
     ``*`` marks cells where the seeds disagree."""
     x, y = plot_axes(ds)
-    phase, fraction = _cell_phase(ds)
+    phase, fraction = cell_phase(ds)
     split = (fraction < 1) if fraction is not None else xr.zeros_like(phase, bool)
     short = lambda k, s: (phases.SHORT[k] if k >= 0 else "-") + ("*" if s else "")  # noqa: E731
     legend = "  ".join(f"{s}={n}" for s, n in zip(phases.SHORT, phases.PHASES))

@@ -209,6 +209,9 @@ def test_bad_presets_are_named(tmp_path):
         "noruns.py": ("from grok_jax.presets import figure_config\n"
                       "def get_config(scale):\n    return figure_config('x', 'phases')\n", "has no runs"),
         "broken.py": ("def get_config(scale):\n    raise RuntimeError('oops')\n", "RuntimeError: oops"),
+        "prunable.py": ("from grok_jax.presets import figure_config, run_config\n"
+                        "def get_config(scale):\n    return figure_config('x', 'prunable', a=run_config(scale))\n",
+                        "needs a width axis"),
     }
     for name, (text, needle) in cases.items():
         (tmp_path / name).write_text(text)
