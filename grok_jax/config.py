@@ -7,6 +7,7 @@ import importlib.util
 import itertools
 import math
 import os
+from typing import Callable
 
 import ml_collections
 
@@ -301,14 +302,19 @@ def available_grids() -> list[str]:
 
 def grid_path(grid: str) -> str:
     """The config file of a grid: a name in ``grok_jax/grids/`` or a path to a ``.py`` file."""
-    if grid.endswith(".py"):
-        if not os.path.isfile(grid):
-            raise ConfigError(f"grid file {grid!r} does not exist")
-        return os.path.abspath(grid)
-    path = os.path.join(GRIDS_DIR, f"{grid}.py")
+    return config_file(grid, GRIDS_DIR, "grid", available_grids)
+
+
+def config_file(name: str, directory: str, kind: str, available: Callable[[], list[str]]) -> str:
+    """The ``.py`` file ``name`` names: a path, or a name of a file in ``directory``
+    (a ``ConfigError`` lists ``available()`` otherwise); ``kind`` names it in errors."""
+    if name.endswith(".py"):
+        if not os.path.isfile(name):
+            raise ConfigError(f"{kind} file {name!r} does not exist")
+        return os.path.abspath(name)
+    path = os.path.join(directory, f"{name}.py")
     if not os.path.isfile(path):
-        valid = ", ".join(available_grids())
-        raise ConfigError(f"unknown grid {grid!r}; valid grids: {valid}")
+        raise ConfigError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(available())}")
     return path
 
 
@@ -323,22 +329,30 @@ def load_config(grid: str, scale: str = "small") -> ml_collections.ConfigDict:
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    path = grid_path(grid)
+    return call_get_config(grid_path(grid), scale, "grid")
+
+
+def call_get_config(path: str, scale: str, kind: str) -> ml_collections.ConfigDict:
+    """Imports the config file at ``path`` and returns its ``get_config(scale)``; a file
+    that fails to import, lacks ``get_config`` or returns no ConfigDict is a
+    ``ConfigError`` naming the file (``kind``: "grid", "figure") and the error's last line."""
     try:
-        spec = importlib.util.spec_from_file_location(f"grok_jax_grid_{os.path.basename(path)[:-3]}", path)
+        spec = importlib.util.spec_from_file_location(f"grok_jax_{kind}_{os.path.basename(path)[:-3]}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - whatever a user's file raises, say where
-        raise ConfigError(f"grid file {path} failed to import: {_last_line(e)}") from e
+        raise ConfigError(f"{kind} file {path} failed to import: {_last_line(e)}") from e
     if not callable(getattr(module, "get_config", None)):
-        raise ConfigError(f"grid file {path} defines no get_config(scale)")
+        raise ConfigError(f"{kind} file {path} defines no get_config(scale)")
     try:
         config = module.get_config(scale)
+    except ConfigError as e:
+        raise ConfigError(f"get_config({scale!r}) of {path}: {e}") from e
     except Exception as e:  # noqa: BLE001
         raise ConfigError(f"get_config({scale!r}) of {path} failed: {_last_line(e)}") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(f"get_config({scale!r}) of {path} returned {type(config).__name__}, not an "
-                          "ml_collections.ConfigDict (start from grok_jax.config.base_config(scale))")
+                          "ml_collections.ConfigDict")
     return config
 
 

@@ -12,7 +12,6 @@ written to ``--out`` as PNG and PDF, with a JSON summary of its numbers beside t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging as std_logging
 import os
@@ -186,14 +185,7 @@ def available_figures() -> list[str]:
 
 def preset_path(name: str) -> str:
     """The config file of a figure: a name in ``grok_jax/presets/`` or a path to a ``.py`` file."""
-    if name.endswith(".py"):
-        if not os.path.isfile(name):
-            raise ConfigError(f"figure file {name!r} does not exist")
-        return os.path.abspath(name)
-    path = os.path.join(PRESETS_DIR, f"{name}.py")
-    if not os.path.isfile(path):
-        raise ConfigError(f"unknown figure {name!r}; valid figures: {', '.join(available_figures())}, all")
-    return path
+    return cfg.config_file(name, PRESETS_DIR, "figure", lambda: available_figures() + ["all"])
 
 
 def load_figure(name: str, scale: str = "quick") -> ml_collections.ConfigDict:
@@ -202,23 +194,12 @@ def load_figure(name: str, scale: str = "quick") -> ml_collections.ConfigDict:
     if scale not in presets.SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(presets.SCALES)}")
     path = preset_path(name)
-    try:
-        spec = importlib.util.spec_from_file_location(f"grok_jax_figure_{os.path.basename(path)[:-3]}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(scale)
-    except ConfigError as e:
-        raise ConfigError(f"figure file {path}: {e}") from e
-    except Exception as e:  # noqa: BLE001 - whatever a user's file raises, say where
-        raise ConfigError(f"figure file {path} failed: {cfg._last_line(e)}") from e
+    config = cfg.call_get_config(path, scale, "figure")
     _check_figure(config, path)
     return config
 
 
 def _check_figure(config: Any, path: str) -> None:
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"get_config of {path} returned {type(config).__name__}, not an ml_collections.ConfigDict "
-                          "(start from grok_jax.presets.figure_config)")
     for field in ("description", "renderer", "runs", "options"):
         if field not in config:
             raise ConfigError(f"figure {path} has no field {field!r}; start from grok_jax.presets.figure_config")

@@ -66,6 +66,12 @@ class BatchNorm(nn.Module):
         return (h - use.mean) * jax.lax.rsqrt(use.var + BN_EPS) * scale + shift
 
 
+def init_module(module: nn.Module, key: jax.Array) -> Variables:
+    """A flax module's variables for :meth:`grok_jax.models.Model.init` (shapes from two dummy rows)."""
+    dummy = Inputs(*(jnp.zeros(2, jnp.int32) for _ in range(3)), jnp.ones(2, bool))
+    return dict(module.init({"params": key}, dummy, train=False))
+
+
 def apply_module(module: nn.Module, variables: Variables, inputs: Inputs, train: bool, rate: Any,
                  dropout_key: jax.Array | None, mask: dict | None) -> tuple[jax.Array, Variables]:
     """A flax module behind :meth:`grok_jax.models.Model.apply`: ``rngs={"dropout": key}``

@@ -18,11 +18,10 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from grok_jax.metrics import ipr
 from grok_jax.models import Inputs, Variables
-from grok_jax.models.layers import BatchNorm, RowDropout, apply_module
+from grok_jax.models.layers import BatchNorm, RowDropout, apply_module, init_module
 
 PARAMETERIZATIONS = ("standard", "lazy")
 
@@ -117,8 +116,7 @@ class MLP3(NamedTuple):
         return self.width * (3 * self.p + self.width)
 
     def init(self, key: jax.Array) -> Variables:
-        dummy = Inputs(*(jnp.zeros(2, jnp.int32) for _ in range(3)), jnp.ones(2, bool))
-        return dict(self.module.init({"params": key}, dummy, train=False))
+        return init_module(self.module, key)
 
     def apply(self, variables: Variables, inputs: Inputs, *, train: bool, dropout_rate: jax.Array | float = 0.0,
               dropout_key: jax.Array | None = None, neuron_mask: dict[str, jax.Array] | None = None

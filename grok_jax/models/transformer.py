@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from grok_jax.metrics import ipr
 from grok_jax.models import Inputs, Variables
-from grok_jax.models.layers import RowDropout, apply_module
+from grok_jax.models.layers import RowDropout, apply_module, init_module
 
 KAIMING = nn.initializers.variance_scaling(1.0, "fan_in", "normal")  # std 1/sqrt(fan_in)
 LEAVES = ("embed", "pos", "query", "key", "value", "out", "mlp_in", "mlp_out", "readout")
@@ -150,8 +150,7 @@ class Transformer(NamedTuple):
         return (2 - self.tie_embeddings) * self.p * self.d + 2 * self.d + 12 * self.d * self.d
 
     def init(self, key: jax.Array) -> Variables:
-        dummy = Inputs(*(jnp.zeros(2, jnp.int32) for _ in range(3)), jnp.ones(2, bool))
-        return dict(self.module.init({"params": key}, dummy, train=False))
+        return init_module(self.module, key)
 
     def apply(self, variables: Variables, inputs: Inputs, *, train: bool, dropout_rate: jax.Array | float = 0.0,
               dropout_key: jax.Array | None = None, neuron_mask: dict[str, jax.Array] | None = None
