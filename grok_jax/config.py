@@ -64,6 +64,11 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     c.xi = 0.0  # corruption fraction ξ: first ⌊ξ n_train⌋ training labels made random
     c.dropout = 0.0  # dropout probability on the hidden pre-activation
     c.seed = 0  # seed of every random stream (init, split, corruption, dropout)
+    # float32 matmul precision (jax.default_matmul_precision): "highest" on every platform
+    # by default: true float32 (a no-op on CPUs; no TF32 on GPUs, as PyTorch's float32
+    # default; 6 bf16 passes on TPUs). "high" (bf16×3) and "default" (TF32 / one bf16 pass)
+    # are faster on accelerators and change results beyond rounding
+    c.matmul_precision = "highest"
     c.sweep = ml_collections.ConfigDict()  # axis name -> tuple of values; product is run
     # Most programs per grid when α is swept: lanes are grouped by α and padded to their
     # group's largest. Each group costs a compilation (seconds), worth it at paper scale.
@@ -77,10 +82,11 @@ FIELD_TYPES = {
     "scale": str, "model": str, "task": str, "p": int, "width": int, "activation": str, "batchnorm": bool,
     "parameterization": str, "heads": int, "layernorm": bool, "tie_embeddings": bool,
     "bn_stats": str, "loss": str, "batch_size": int, "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
-    "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int,
+    "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int, "matmul_precision": str,
 }
 CHOICES = {"scale": SCALES, "model": MODELS, "activation": ("quad", "relu"), "loss": ("mse", "ce"),
-           "bn_stats": BN_STATS, "parameterization": ("standard", "lazy")}
+           "bn_stats": BN_STATS, "parameterization": ("standard", "lazy"),
+           "matmul_precision": ("highest", "high", "default")}
 # MODELS: looked up when checked, so that models registered later count
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = 3.4028234663852886e38  # swept values are float32 arrays on the device
@@ -218,7 +224,8 @@ def _did_you_mean(name: str, valid) -> str:
 
 
 STATIC_FIELDS = ("model", "task", "p", "width", "activation", "batchnorm", "bn_stats", "loss", "batch_size",
-                 "steps", "log_every", "b1", "b2", "eps", "parameterization", "heads", "layernorm", "tie_embeddings")
+                 "steps", "log_every", "b1", "b2", "eps", "parameterization", "heads", "layernorm", "tie_embeddings",
+                 "matmul_precision")
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:

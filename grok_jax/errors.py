@@ -1,5 +1,5 @@
 """Errors the command line reports in one line: bad input (status 2), a store it
-could not write (status 1)."""
+could not write (status 1), a run stopped by SIGTERM (status 75)."""
 
 
 class ConfigError(ValueError):
@@ -16,3 +16,12 @@ class StoreWriteError(RuntimeError):
     The input was fine: the command line prints it without a traceback and exits
     with status 1. What was committed before stays in the store, resumable.
     """
+
+
+class Preempted(RuntimeError):
+    """The run got SIGTERM (a preemptible VM or SLURM stopping it) and stopped at the
+    next safe point, its in-flight chunk checkpointed; running the same command
+    again resumes it. The command line exits with :data:`PREEMPTED_STATUS`."""
+
+
+PREEMPTED_STATUS = 75  # EX_TEMPFAIL of sysexits.h: "try again later"

@@ -4,44 +4,43 @@
 layout (:mod:`grok_jax.layouts`), compiles ``jit(shard_map(vmap(train)))`` once per
 group and shape and reuses it for every chunk and for later grids of the same
 shapes, and trains the chunks one after another while the host stores the last
-(:mod:`grok_jax.results`).
+(:mod:`grok_jax.results`). A long chunk runs in segments (``start``, ``advance``,
+``finish`` of :func:`grok_jax.train.make_run`), checkpointed between them
+(:mod:`grok_jax.checkpoints`) and stopped there by SIGTERM. With several processes
+(``jax.distributed``) each trains its own blocks of lanes into the shared store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grok_jax import config as cfg
-from grok_jax import layouts, metrics, phases, results
-from grok_jax.errors import ConfigError
+from grok_jax import checkpoints, layouts, metrics, phases, results
+from grok_jax.errors import ConfigError, Preempted, StoreWriteError
 from grok_jax.models import final_specs, flat_variables, get_model
-from grok_jax.plan import Chunk, Plan, flops_per_lane, make_plan
-from grok_jax.train import Lane, make_train
+from grok_jax.plan import Chunk, Plan, flops_per_lane, make_plan, process_chunks
+from grok_jax.train import Lane, make_run, make_train
 
-# A chunk reports progress from inside its program (a host callback, ~0.1-0.2 ms per
-# device on a CPU) at most once per this many seconds of its estimated work, and at
-# most 25 times; a shorter chunk advances the progress bar only when it finishes.
-REPORT_SECONDS = 1.0
-# FLOP/s the number of reports assumes, per platform: a fixed figure rather than a
-# measured one, so that a program's structure never depends on a timing (and the
-# persistent compilation cache finds it again). A 2-core CPU VM does 0.5-1.5e11.
-NOMINAL_RATE = {"cpu": 1e11, "gpu": 1e14, "tpu": 1e14}
 # Fields that change a lane's results at most by rounding (compile groups change only
 # the padding) or not at all (plot): a store may be resumed with other values. (Its
 # recorded layout, compile groups included, is reused.)
 RESUMABLE = ("plot", "compile_groups")
+CHECKPOINT_MINUTES = 5.0  # default: a long chunk's state is saved at most this often
 
 
 class ProgramKey(NamedTuple):
@@ -52,82 +51,93 @@ class ProgramKey(NamedTuple):
     lanes: int  # lanes per chunk
     devices: tuple
     layout: layouts.Layout
-    reports: int  # progress reports per run
-    n_min: int  # smallest training set of the compile group (see make_train)
+    n_min: int  # smallest training set of the compile group (see make_run)
+    part: tuple  # ("train",), ("start",), ("advance", blocks) or ("finish",): see grok_jax.train.Run
 
 
 _PROGRAMS: dict[ProgramKey, Callable] = {}
 
 
-class _Progress:
-    """Host-side state of the progress bar, advanced by the compiled programs'
-    per-block callback (a cached program keeps calling the same function)."""
-
-    bar: Any = None
-    log_every = 1
-    blocks = 0  # blocks of the current chunk already counted
-    lock = threading.Lock()  # devices call back from their own threads
+def layout_rules(platform: str, accelerator_layout: bool = False) -> str:
+    """Whose layout rules a sweep follows: ``"cpu"`` on a CPU, else (or when forced,
+    to test that path on a CPU) ``"accelerator"`` (see :mod:`grok_jax.layouts`)."""
+    return "cpu" if platform == "cpu" and not accelerator_layout else "accelerator"
 
 
-def _on_log(block: np.ndarray) -> None:
-    # With several devices each calls back once per block: count the furthest.
-    done = int(block) + 1
-    with _Progress.lock:
-        if _Progress.bar is not None and done > _Progress.blocks:
-            _Progress.bar.update((done - _Progress.blocks) * _Progress.log_every)
-            _Progress.blocks = done
-
-
-def progress_reports(config: Any, n_max: int, lanes_per_device: int, platform: str) -> int:
-    """Progress reports per run of a chunk program: one per :data:`REPORT_SECONDS`
-    of its estimated work at the platform's :data:`NOMINAL_RATE`, at most 25.
-
-    Example:
-      >>> progress_reports(config, n_max=4704, lanes_per_device=1, platform="cpu")  # p 97, N 500, 2000 steps
-      25
-    """
-    seconds = flops_per_lane(config, n_max) * lanes_per_device / NOMINAL_RATE.get(platform, 1e14)
-    return min(25, int(seconds / REPORT_SECONDS))
-
-
-def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh) -> layouts.Layout:
+def chunk_layout(config: Any, n_max: int, n_lanes: int, mesh: Mesh, rules: str = "cpu", every: int = 0,
+                 segment: int | None = None) -> layouts.Layout:
     """The layout of a chunk of ``n_lanes`` lanes of group ``n_max`` (and of the
-    static group of ``config``) sharded over ``mesh``."""
-    return layouts.layout(mesh.devices.flat[0].platform, n_max, config.width, config.p, n_lanes // mesh.size,
-                          config.batchnorm, config.batch_size)
+    static group of ``config``) sharded over ``mesh``, by the layout ``rules``: its
+    program calls are ``segment`` logged blocks long (default
+    :func:`grok_jax.layouts.segment_blocks`, ``every`` blocks between checkpoints)."""
+    per_device = n_lanes // mesh.size
+    if segment is None:
+        segment = layouts.segment_blocks(rules, flops_per_lane(config, n_max) * per_device,
+                                         config.steps // config.log_every, every)
+    return layouts.layout(rules, n_max, config.width, config.p, per_device, config.batchnorm, config.batch_size,
+                          segment)
+
+
+def _per_device(fn: Callable, lanes: int, batched: tuple[bool, ...]) -> Callable:
+    """``vmap(fn)`` over the arguments marked ``batched``, or for one lane per device
+    ``fn`` itself on that lane.
+
+    Without a lane axis of size one XLA emits plain gathers and scatters (no lane
+    index in every gather index) and fuses the backward gathers into their
+    consumer: with the readout's backward of :mod:`grok_jax.models.mlp2`, about 10%
+    less time per step at p 31, N 128 on a CPU core.
+    """
+    if lanes > 1:
+        return jax.vmap(fn, in_axes=tuple(0 if b else None for b in batched))
+
+    def one(*args):
+        args = [jax.tree.map(lambda x: x[0], a) if b else a for a, b in zip(args, batched)]
+        return jax.tree.map(lambda x: x[None], fn(*args))
+
+    return one
+
+
+def program(part: tuple, config: ml_collections.ConfigDict, n_max: int, layout: layouts.Layout, mesh: Mesh,
+            n_min: int, *args: Any) -> tuple[Callable, float, bool]:
+    """The compiled ``jit(shard_map(vmap(f)))`` (without ``vmap`` for one lane per
+    device) of one ``part`` of a run (:class:`grok_jax.train.Run`; ``("train",)``:
+    the whole run) for the static settings of ``config`` (a static group's), these
+    shapes and ``layout``, lowered for ``args`` (the lanes, then the state and the
+    first block where the part takes them); the seconds spent on it now (0 when it
+    was compiled before in this process), and whether it came from the persistent
+    compilation cache."""
+    static = cfg.static_config(config)
+    n_min = n_min if static.batch_size else 1  # only mini-batches use it
+    key = ProgramKey(static, n_max, len(args[0].seed), tuple(mesh.devices.flat), layout, n_min, part)
+    if key in _PROGRAMS:
+        return _PROGRAMS[key], 0.0, False
+    start, hits = time.perf_counter(), _CacheHits.count
+    run = make_run(static, n_max, row_blocks=layout.row_blocks, columns=layout.columns, n_min=n_min)
+    fn, batched = {
+        "train": (make_train(static, n_max, layout.row_blocks, layout.columns, n_min), (True,)),
+        "start": (run.start, (True,)),
+        "advance": (lambda lane, state, first: run.advance(lane, state, first, part[-1]), (True, True, False)),
+        "finish": (run.finish, (True, True)),
+    }[part[0]]
+    # shard_map: each device runs its own lanes, with no collective (left to the SPMD
+    # partitioner, the inputs of the IPR were gathered onto every device). Lanes never
+    # talk to each other, so the varying-axes type check is off (BatchNorm's constant
+    # initial scale would trip it).
+    specs = tuple(PartitionSpec("lanes") if b else PartitionSpec() for b in batched)
+    sharded = jax.shard_map(_per_device(fn, layout.lanes_per_device, batched), mesh=mesh, in_specs=specs,
+                            out_specs=PartitionSpec("lanes"), check_vma=False)
+    shardings = tuple(NamedSharding(mesh, s) for s in specs)
+    with jax.default_matmul_precision(static.matmul_precision):
+        _PROGRAMS[key] = jax.jit(sharded, in_shardings=shardings).lower(*args).compile()
+    return _PROGRAMS[key], time.perf_counter() - start, _CacheHits.count > hits
 
 
 def compiled_train(config: ml_collections.ConfigDict, n_max: int, lanes: Lane, mesh: Mesh, n_min: int = 1
                    ) -> tuple[Callable, float, bool]:
-    """The compiled ``jit(shard_map(vmap(train)))`` (without ``vmap`` for one lane
-    per device) for the static settings of ``config`` (a static group's) and these
-    shapes, the seconds spent on it now (0 when it was compiled before in this
-    process), and whether it came from the
-    persistent compilation cache. A long program reports to the progress bar while
-    it runs (:func:`progress_reports`); JAX does not cache programs with such host
-    callbacks, so those (chunks of more than ~25 s of work) compile in every process,
-    a few seconds next to their minutes of work."""
-    static = cfg.static_config(config)
-    sharding = NamedSharding(mesh, PartitionSpec("lanes"))
-    layout = chunk_layout(static, n_max, len(lanes.seed), mesh)
-    # Computed whether or not a bar is shown, so that the program is the same either way.
-    reports = progress_reports(static, n_max, layout.lanes_per_device, mesh.devices.flat[0].platform)
-    n_min = n_min if static.batch_size else 1  # only mini-batches use it
-    key = ProgramKey(static, n_max, len(lanes.seed), tuple(mesh.devices.flat), layout, reports, n_min)
-    if key in _PROGRAMS:
-        return _PROGRAMS[key], 0.0, False
-    start, hits = time.perf_counter(), _CacheHits.count
-    # shard_map: each device runs train on its own lanes, with no collective (left to
-    # the SPMD partitioner, the inputs of the IPR were gathered onto every device).
-    # Lanes never talk to each other, so the varying-axes type check is off (BatchNorm's
-    # constant initial scale would trip it).
-    spec = PartitionSpec("lanes")
-    train = make_train(static, n_max, on_log=_on_log, row_blocks=layout.row_blocks, reports=reports,
-                       columns=layout.columns, n_min=n_min)
-    sharded = jax.shard_map(_per_device(train, layout.lanes_per_device), mesh=mesh, in_specs=(spec,),
-                            out_specs=spec, check_vma=False)
-    _PROGRAMS[key] = jax.jit(sharded, in_shardings=(sharding,)).lower(lanes).compile()
-    return _PROGRAMS[key], time.perf_counter() - start, _CacheHits.count > hits
+    """:func:`program` of a whole run in the default layout (for benchmarks)."""
+    layout = chunk_layout(config, n_max, len(lanes.seed), mesh, layout_rules(mesh.devices.flat[0].platform))
+    return program(("train",), config, n_max, layout._replace(segment=config.steps // config.log_every), mesh,
+                   n_min, lanes)
 
 
 class _CacheHits:
@@ -169,19 +179,6 @@ def use_compilation_cache(path: str | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def _per_device(train: Callable, lanes: int) -> Callable:
-    """``vmap(train)``, or for one lane per device ``train`` itself on that lane.
-
-    Without a lane axis of size one XLA emits plain gathers and scatters (no lane
-    index in every gather index) and fuses the backward gathers into their
-    consumer: with the readout's backward of :mod:`grok_jax.models.mlp2`, about 10%
-    less time per step at p 31, N 128 on a CPU core.
-    """
-    if lanes > 1:
-        return jax.vmap(train)
-    return lambda lane: jax.tree.map(lambda x: x[None], train(jax.tree.map(lambda x: x[0], lane)))
-
-
 def make_mesh(plan: Plan, devices: list) -> Mesh:
     """A 1-D mesh ``("lanes",)`` over the devices the plan's chunks are sized for."""
     return Mesh(np.asarray(devices[: plan.n_devices]), ("lanes",))
@@ -202,6 +199,10 @@ def run_sweep(
     log: Callable[[str], None] = print,
     lanes_per_device: int | None = None,
     parameters: bool = True,
+    checkpoint_steps: int = 0,
+    checkpoint_minutes: float = CHECKPOINT_MINUTES,
+    overwrite: bool = False,
+    accelerator_layout: bool = False,
 ):
     """Runs every lane of the grid; returns the results as an ``xarray.Dataset``
     (without the final parameters with ``out`` and ``parameters=False``: they stay
@@ -210,139 +211,353 @@ def run_sweep(
     Chunks hold, per device, as many lanes as fit in ``memory_gb`` of its memory,
     and at most ``lanes_per_device`` (default:
     :func:`grok_jax.layouts.default_lanes_per_device`, 1 on CPU, 4 for tiny
-    problems, unlimited on accelerators).
+    problems, unlimited on accelerators). ``accelerator_layout`` takes the layout
+    rules of GPUs and TPUs on any platform (to test that path on a CPU).
 
     With ``out``, results go to the zarr store ``out/results.zarr`` chunk by chunk
     as they finish. If that store exists with the same config, its finished
     chunks are kept and skipped, and the rest run in the layout recorded in it
-    (compile groups and lanes per device; another platform is refused), so that a
-    resumed store equals an uninterrupted one; with another config (other than
-    ``plot`` and ``compile_groups``) it is an error and nothing is touched. One run
-    at a time writes a store: a second one is refused
+    (compile groups, lanes per device, segments; another platform is refused), so
+    that a resumed store equals an uninterrupted one; with another config (other
+    than ``plot`` and ``compile_groups``) it is an error naming the differing field
+    and nothing is touched, unless ``overwrite``: then it is replaced. One run at a
+    time writes a store: a second one is refused
     (:func:`grok_jax.results.exclusive`).
+
+    A long chunk runs in segments (:func:`grok_jax.layouts.segment_blocks`); its
+    state is checkpointed (:mod:`grok_jax.checkpoints`) at the first segment
+    boundary after each ``checkpoint_minutes``, or at every boundary with
+    ``checkpoint_steps`` (then the segment length; a multiple of ``log_every``),
+    and restored when the same sweep runs again. On SIGTERM (in the main thread)
+    the sweep checkpoints at the next boundary, or finishes a short chunk, and
+    raises :class:`~grok_jax.errors.Preempted`.
 
     Example:
       >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi")
       >>> ds.phase.to_pandas()                   # wd × xi table of phase codes
     """
     cfg.check_config(config)  # before touching devices: bad input fails fast
-    devices = jax.devices()
+    every = check_checkpointing(config, checkpoint_steps, checkpoint_minutes)
+    devices = jax.local_devices()
     platform = devices[0].platform
-    plan = make_plan(config, memory_gb, len(devices), lanes_per_device, platform)
+    rules = layout_rules(platform, accelerator_layout)
+    plan = make_plan(config, memory_gb, len(devices), lanes_per_device, rules)
     config_json = config.to_json(sort_keys=True)
     if not out:
         mesh = make_mesh(plan, devices)
-        return _sweep(config, config_json, plan, mesh, None, np.zeros(plan.n_lanes, bool), progress, log)
+        layouts_ = _group_layouts(plan, mesh, rules, every)
+        run = _Run(config, plan, mesh, layouts_, rules, progress, log)
+        return run.sweep(config_json, None, np.zeros(plan.n_lanes, bool))
     path = results.store_path(out)
-    with results.exclusive(path):
-        existing = results.open_to_resume(path, config_json, RESUMABLE, defaults=cfg.base_config().to_dict())
-        stored = results.stored_layout(existing) if existing is not None else None
-        if stored is not None:
-            plan = _resume_plan(config, memory_gb, devices, stored, plan, log)
-        mesh = make_mesh(plan, devices)
-        done = results.prepare(path, existing, config_json,
-                               lambda: _empty_results(config, config_json, plan, mesh), len(plan.chunks[0].lanes),
-                               RESUMABLE, log, layout=_layout_record(plan, mesh))
-        _sweep(config, config_json, plan, mesh, path, done, progress, log)
+    processes, me = jax.process_count(), jax.process_index()
+    n_mins = {(c.group, c.n_max): plan.n_min(c) for c in plan.chunks}  # of the whole grid's compile groups
+    with results.exclusive(path) if me == 0 else contextlib.nullcontext(), _sigterm_stops():
+        def setup() -> tuple[Plan, dict, np.ndarray]:
+            return _open_store(config, config_json, path, plan, memory_gb, devices, rules, every, overwrite, log)
+
+        if processes == 1:
+            plan, layouts_, done = setup()
+        else:
+            plan, layouts_, done = _open_store_together(setup, config, config_json, path, plan, memory_gb,
+                                                        devices, rules, log)
+        run = _Run(config, plan, make_mesh(plan, devices), layouts_, rules, progress, log, path, checkpoint_minutes,
+                   every > 0, n_mins)
+        run.sweep(config_json, path, done)
+        if processes > 1:  # every process's lanes are committed
+            multihost_utils.sync_global_devices("grok_jax: sweep finished")
     return results.load_results(path, parameters)
 
 
-def _layout_record(plan: Plan, mesh: Mesh) -> dict:
-    """The platform and every compile group's layout, as the store records them:
-    ``groups`` lists each compile group's static group, padded size and layout."""
-    groups = {(c.group, c.n_max): chunk_layout(plan.config(c), c.n_max, len(c.lanes), mesh) for c in plan.chunks}
-    return {"platform": mesh.devices.flat[0].platform,
-            "groups": [{"group": g, "n_max": n, **layout._asdict()} for (g, n), layout in sorted(groups.items())]}
+def _open_store(config: Any, config_json: str, path: str, plan: Plan, memory_gb: float, devices: list,
+                rules: str, every: int, overwrite: bool, log: Callable[[str], None]
+                ) -> tuple[Plan, dict, np.ndarray]:
+    """Creates, replaces or resumes the store (under :func:`results.exclusive`):
+    the plan (a resumed store's), every compile group's layout, the lanes done."""
+    existing = results.open_to_resume(path, config_json, RESUMABLE, defaults=cfg.base_config().to_dict(),
+                                      overwrite=overwrite)
+    if existing is None and overwrite:
+        checkpoints.clear_all(path)  # of the replaced store
+    stored = results.stored_layout(existing) if existing is not None else None
+    if stored is not None:
+        plan, layouts_ = _resume_plan(config, memory_gb, devices, stored, plan, rules, log)
+    else:
+        layouts_ = _group_layouts(plan, make_mesh(plan, devices), rules, every)
+    record = _layout_record(layouts_, devices[0].platform, rules)
+    done = results.prepare(path, existing, config_json, lambda: _empty_results(config, config_json, plan, record),
+                           len(plan.chunks[0].lanes), RESUMABLE, log, layout=record, run=environment(config, record),
+                           replace=overwrite)
+    return plan, layouts_, done
 
 
-def _resume_plan(config: Any, memory_gb: float, devices: list, stored: dict, plan: Plan,
-                 log: Callable[[str], None]) -> Plan:
-    """The plan of a resumed store: its recorded compile groups and lanes per device."""
+def _open_store_together(setup: Callable[[], tuple], config: Any, config_json: str, path: str, plan: Plan,
+                         memory_gb: float, devices: list, rules: str, log: Callable[[str], None]
+                         ) -> tuple[Plan, dict, np.ndarray]:
+    """Several processes (``jax.distributed``): process 0 creates or resumes the store
+    (:func:`_open_store`) while the others wait; then each takes the plan and layouts
+    recorded in it, and its own share of the lanes (:func:`grok_jax.plan.process_chunks`)."""
+    me, error = jax.process_index(), None
+    if me == 0:
+        try:
+            setup()
+        except (ConfigError, StoreWriteError) as e:
+            error = e
+    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if error is not None:
+        raise error
+    if not ok:
+        raise ConfigError(f"process 0 could not open {path}; see its error")
+    existing = results.open_to_resume(path, config_json, RESUMABLE, defaults=cfg.base_config().to_dict())
+    quiet = log if me == 0 else (lambda line: None)  # process 0 said it already
+    plan, layouts_ = _resume_plan(config, memory_gb, devices, results.stored_layout(existing), plan, rules, quiet)
+    per_device = {k: layout.lanes_per_device for k, layout in layouts_.items()}
+    mine = process_chunks(plan, per_device, results.lane_chunk(path), me, jax.process_count())
+    return plan._replace(chunks=mine), layouts_, results.committed(existing)
+
+
+def check_checkpointing(config: Any, steps: int, minutes: float) -> int:
+    """Logged blocks between checkpoints for ``checkpoint_steps`` (0: by time only);
+    ``ConfigError`` for values no sweep can use."""
+    if not (isinstance(minutes, (int, float)) and minutes > 0):
+        raise ConfigError(f"--checkpoint_minutes={minutes} must be a number of minutes > 0")
+    if not isinstance(steps, int) or steps < 0 or steps % config.log_every:
+        raise ConfigError(f"--checkpoint_steps={steps} must be 0 (by time only) or a positive multiple of "
+                          f"log_every={config.log_every}")
+    return steps // config.log_every
+
+
+def environment(config: Any, layout: dict) -> dict:
+    """What ran: versions, backend, devices, processes, precision, layout (JSON-able)."""
+    import jaxlib
+
+    from grok_jax import __version__
+
+    device = jax.local_devices()[0]
+    return {"grok_jax": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "backend": device.platform, "device_kind": device.device_kind,
+            "local_devices": jax.local_device_count(), "devices": jax.device_count(),
+            "process_count": jax.process_count(), "matmul_precision": config.matmul_precision,
+            "x64": bool(jax.config.jax_enable_x64), "layout": layout,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _group_layouts(plan: Plan, mesh: Mesh, rules: str, every: int) -> dict[tuple[int, int], layouts.Layout]:
+    """Every compile group's layout, ``(static group, n_max) -> Layout``."""
+    return {(c.group, c.n_max): chunk_layout(plan.config(c), c.n_max, len(c.lanes), mesh, rules, every)
+            for c in plan.chunks}
+
+
+def _layout_record(group_layouts: dict, platform: str, rules: str) -> dict:
+    """The platform, the layout rules and every compile group's layout, as the store
+    records them: ``groups`` lists each compile group's static group, padded size
+    and layout."""
+    return {"platform": platform, "rules": rules,
+            "groups": [{"group": g, "n_max": n, **layout._asdict()} for (g, n), layout in sorted(group_layouts.items())]}
+
+
+def _resume_plan(config: Any, memory_gb: float, devices: list, stored: dict, plan: Plan, rules: str,
+                 log: Callable[[str], None]) -> tuple[Plan, dict]:
+    """The plan of a resumed store and its layouts: its recorded compile groups, lanes
+    per device and segments (a store of an earlier version: its whole chunks)."""
     platform = devices[0].platform
     if stored["platform"] != platform:
         raise ConfigError(f"the store was written on {stored['platform']}; resuming it on {platform} would mix "
                           "layouts (rounding); resume on that platform, or choose another --out")
+    stored_rules = stored.get("rules", layout_rules(platform))
+    if stored_rules != rules:
+        raise ConfigError(f"the store was written with the {stored_rules} layout rules, this run asks for the "
+                          f"{rules} ones; resume it {'with' if stored_rules == 'accelerator' else 'without'} "
+                          "--accelerator_layout, or choose another --out")
     groups = {(g["group"], g["n_max"]): g["lanes_per_device"] for g in stored["groups"]}
-    resumed = make_plan(config, memory_gb, len(devices), platform=platform, groups=groups)
+    resumed = make_plan(config, memory_gb, len(devices), platform=rules, groups=groups)
+    found = {}
     for g in stored["groups"]:
         group_config = resumed.groups[g["group"]].config
-        now = {"group": g["group"], "n_max": g["n_max"], **layouts.layout(
-            platform, g["n_max"], group_config.width, group_config.p, g["lanes_per_device"],
-            group_config.batchnorm, group_config.batch_size)._asdict()}
-        if now != g:  # the rules of layouts.py changed since the store was written
+        segment = g.get("segment", group_config.steps // group_config.log_every)
+        layout = layouts.layout(rules, g["n_max"], group_config.width, group_config.p, g["lanes_per_device"],
+                                group_config.batchnorm, group_config.batch_size, segment)
+        now = {"group": g["group"], "n_max": g["n_max"], **layout._asdict()}
+        if now != {"segment": segment, **g}:  # the rules of layouts.py changed since the store was written
             raise ConfigError(f"the store was written in layout {g}, this version would use {now}; finish it "
                               "with the version that wrote it, or choose another --out")
+        found[g["group"], g["n_max"]] = layout
     if [(c.group, c.n_max, c.lanes.tolist()) for c in resumed.chunks] != [
             (c.group, c.n_max, c.lanes.tolist()) for c in plan.chunks]:
         log("resuming in the store's layout: " + ", ".join(
             f"n_train padded to {n} with {k} lane(s) per device" for (_, n), k in sorted(groups.items())))
-    return resumed
+    return resumed, found
 
 
-def _sweep(config: Any, config_json: str, plan: Plan, mesh: Mesh, path: str | None, done: np.ndarray,
-           progress: bool, log: Callable[[str], None]):
-    """Runs the lanes not ``done``: into the store at ``path``, or, without one,
-    returns the results."""
-    _print_plan(config, plan, list(mesh.devices.flat), done, log)
-    pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
-    steps = np.arange(0, config.steps + 1, config.log_every)
-    collected: list[tuple] = []
+class _Stop:
+    """Set by SIGTERM while a sweep runs (see :func:`_sigterm_stops`)."""
 
-    def finish(chunk: Chunk, outputs: tuple) -> None:
+    requested = False
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """While a sweep writes its store, SIGTERM asks it to stop at the next safe point
+    (:class:`_Run`) instead of killing it; elsewhere, and outside the main thread,
+    SIGTERM keeps its handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Stop.requested = False
+    previous = signal.signal(signal.SIGTERM, lambda *_: setattr(_Stop, "requested", True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _Stop.requested = False
+
+
+class _Run:
+    """One sweep's chunks, trained one after another while the host stores the last."""
+
+    def __init__(self, config: Any, plan: Plan, mesh: Mesh, group_layouts: dict, rules: str, progress: bool,
+                 log: Callable[[str], None], path: str | None = None,
+                 checkpoint_minutes: float = CHECKPOINT_MINUTES, every_boundary: bool = False,
+                 n_mins: dict | None = None):
+        self.config, self.plan, self.mesh, self.layouts, self.log = config, plan, mesh, group_layouts, log
+        self.rules, self.progress, self.path = rules, progress, path
+        self.checkpoint_seconds, self.every_boundary = 60.0 * checkpoint_minutes, every_boundary
+        # In-flight checkpoints: one process only (see grok_jax.checkpoints).
+        self.inflight = checkpoints.directory(path, 0) if path and jax.process_count() == 1 else None
+        if path and jax.process_count() > 1 and jax.process_index() == 0:
+            log("in-flight checkpoints are off with several processes: an interrupted chunk starts over")
+        self.lanes_sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+        self.collected: list[tuple] = []
+        self.n_mins = n_mins or {(c.group, c.n_max): plan.n_min(c) for c in plan.chunks}
+        self.done = np.zeros(plan.n_lanes, bool)
+
+    def sweep(self, config_json: str, path: str | None, done: np.ndarray):
+        """Runs the lanes not ``done``: into the store at ``path``, or, without one,
+        returns the results."""
+        config, plan = self.config, self.plan
+        self.done = done
+        _print_plan(config, plan, list(self.mesh.devices.flat), done, self.log)
+        pending = [c for c in plan.chunks if not done[c.lanes[:c.count]].all()]
+        self.bar = _progress_bar(len(pending) * config.steps, self.progress)
+        try:
+            self._run_chunks(pending)
+        finally:
+            self.bar.close()
+        if self.inflight:
+            checkpoints.clear(self.inflight)  # (a stale one, e.g. of a chunk finished by another run)
+        if path:
+            return None
+        record = _layout_record(self.layouts, self.mesh.devices.flat[0].platform, self.rules)
+        flat = _empty_results(config, config_json, plan, record)
+        for lanes, out_log, out_final, phase in self.collected:
+            results.fill(flat, lanes, out_log, out_final, phase)
+        return results.to_grid(flat)
+
+    def _run_chunks(self, pending: list[Chunk]) -> None:
+        """Trains the pending chunks; each is finished on the host while the next
+        trains. SIGTERM: the chunk in flight is checkpointed at its next segment
+        boundary (a chunk of one segment is finished), then :class:`Preempted`."""
+        previous = None  # (chunk, its outputs, the progress bar's count when it is done)
+        for i, c in enumerate(pending):
+            if _Stop.requested:
+                break
+            self.bar.set_description(f"chunk {i + 1}/{len(pending)}")
+            outputs = self._train(c, lambda: self._finish(previous))  # finishes `previous` once it has dispatched
+            previous = (c, outputs, self.config.steps * (i + 1))
+        self._finish(previous)
+        if _Stop.requested:
+            raise Preempted(f"stopped by SIGTERM between chunks; {int(self.done.sum())} lanes are committed to "
+                            f"{self.path}: run the same command again to resume")
+
+    def _finish(self, previous: tuple | None) -> None:
         """Host side of a finished chunk: drop the padding and the lanes committed
         before (a chunk may hold some when an earlier run stopped inside it: they
         are not rewritten), classify, store."""
-        new = np.flatnonzero(~done[chunk.lanes[:chunk.count]])
+        if previous is None:
+            return
+        chunk, outputs, count = previous
+        jax.block_until_ready(outputs)
+        self.bar.update(count - self.bar.n)
+        new = np.flatnonzero(~self.done[chunk.lanes[:chunk.count]])
         lanes = chunk.lanes[new]
         out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[new], outputs)
         variables = out_final.pop("variables")
         out_final.update(flat_variables(variables))
-        phase = phases.classify_log(out_log, plan.xi[lanes])
+        phase = phases.classify_log(out_log, self.plan.xi[lanes])
+        steps = np.arange(0, self.config.steps + 1, self.config.log_every)
         out_final["grok_step"] = phases.grokking_step(out_log["test_acc"], steps).astype(np.float32)
         out_final["unlearn_step"] = phases.unlearning_step(out_log["corrupt_acc"], out_log["clean_acc"], steps
                                                            ).astype(np.float32)
-        if path:
-            results.write(path, lanes, out_log, out_final, phase)
+        if self.path:
+            results.write(self.path, lanes, out_log, out_final, phase)
         else:
-            collected.append((lanes, out_log, out_final, phase))
+            self.collected.append((lanes, out_log, out_final, phase))
+        self.done[lanes] = True
 
-    bar = _progress_bar(len(pending) * config.steps, progress)
-    _Progress.bar, _Progress.log_every = bar, config.log_every  # (steps and log_every are never swept)
-    try:
-        _run_chunks(config, plan, mesh, pending, bar, finish, log)
-    finally:
-        bar.close()
-        _Progress.bar = None
-    return None if path else _in_memory(config, config_json, plan, mesh, collected)
+    def _program(self, c: Chunk, part: tuple, *args: Any) -> Callable:
+        group_config, layout = self.plan.config(c), self.layouts[c.group, c.n_max]
+        compiled, seconds, cached = program(part, group_config, c.n_max, layout, self.mesh,
+                                            self.n_mins[c.group, c.n_max], *args)
+        if seconds:
+            wide = f"; readout product {layout.columns} columns wide" if layout.columns > group_config.p else ""
+            how = "loaded from the compilation cache" if cached else "compiled"
+            what = "" if part == ("train",) else f" {part[0]}" + (f" of {part[1]} logged blocks" if len(part) > 1
+                                                                   else "")
+            self.log(f"{how}{what} in {seconds:.1f} s ({_group_name(self.plan, c.group)}n_train padded to "
+                     f"{c.n_max}{wide})")
+        return compiled
+
+    def _train(self, c: Chunk, dispatched: Callable[[], None]) -> tuple:
+        """Dispatches chunk ``c`` (its programs run asynchronously), calls
+        ``dispatched`` once they run, and returns its outputs (not waited for)."""
+        lanes = chunk_lanes(self.plan, c, self.mesh)
+        n_logs = self.config.steps // self.config.log_every
+        segment = self.layouts[c.group, c.n_max].segment
+        if segment >= n_logs:  # one program call: nothing to checkpoint
+            outputs = self._program(c, ("train",), lanes)(lanes)
+            dispatched()
+            return outputs
+        start = self._program(c, ("start",), lanes)
+        key = self._chunk_key(c)
+        restored = checkpoints.restore(self.inflight, key, start.out_info) if self.inflight else None
+        if restored is not None:
+            block, state = restored[0], jax.device_put(restored[1], self.lanes_sharding)
+            self.log(f"resuming chunk of lanes {c.lanes[0]}-{c.lanes[c.count - 1]} at step "
+                     f"{block * self.config.log_every} from its checkpoint")
+            self.bar.update(block * self.config.log_every)
+        else:
+            block, state = 0, start(lanes)
+        dispatched()
+        saved_at = time.monotonic()
+        while block < n_logs:
+            blocks = min(segment, n_logs - block)
+            state = self._dispatch_segment(c, lanes, state, block, blocks)
+            block += blocks
+            if block == n_logs:
+                break
+            jax.block_until_ready(state)
+            self.bar.update(blocks * self.config.log_every)
+            if self.inflight and (_Stop.requested or self.every_boundary
+                                  or time.monotonic() - saved_at >= self.checkpoint_seconds):
+                checkpoints.save(self.inflight, key, block, state)
+                saved_at = time.monotonic()
+            if _Stop.requested:
+                kept = "which is checkpointed" if self.inflight else "which starts over (several processes)"
+                raise Preempted(f"stopped by SIGTERM at step {block * self.config.log_every} of a chunk, {kept}; "
+                                f"{int(self.done.sum())} lanes are committed to {self.path}: run the same command "
+                                "again to resume")
+        return self._program(c, ("finish",), lanes, state)(lanes, state)
+
+    def _dispatch_segment(self, c: Chunk, lanes: Lane, state: Any, block: int, blocks: int) -> Any:
+        """Dispatches logged blocks ``block`` to ``block + blocks`` of chunk ``c``."""
+        first = jax.device_put(np.int32(block), NamedSharding(self.mesh, PartitionSpec()))
+        return self._program(c, ("advance", blocks), lanes, state, first)(lanes, state, first)
+
+    def _chunk_key(self, c: Chunk) -> dict:
+        """What identifies a chunk's checkpoint: its lanes, group, layout and config."""
+        return {"lanes": c.lanes.tolist(), "group": c.group, "n_max": c.n_max,
+                "layout": self.layouts[c.group, c.n_max]._asdict(), "config": self.config.to_json(sort_keys=True)}
 
 
-def _run_chunks(config: Any, plan: Plan, mesh: Mesh, pending: list[Chunk], bar: Any,
-                finish: Callable[[Chunk, tuple], None], log: Callable[[str], None]) -> None:
-    """Trains the pending chunks; each is finished on the host while the next trains."""
-    in_flight = None  # (chunk, its outputs)
-    for i, c in enumerate([*pending, None]):
-        if c is not None:
-            chunk, group_config = chunk_lanes(plan, c, mesh), plan.config(c)
-            program, seconds, cached = compiled_train(group_config, c.n_max, chunk, mesh, plan.n_min(c))
-            if seconds:
-                columns = chunk_layout(group_config, c.n_max, len(c.lanes), mesh).columns
-                wide = f"; readout product {columns} columns wide" if columns > group_config.p else ""
-                how = "loaded from the compilation cache" if cached else "compiled"
-                log(f"{how} in {seconds:.1f} s ({_group_name(plan, c.group)}n_train padded to {c.n_max}{wide})")
-        if in_flight is not None:
-            jax.block_until_ready(in_flight[1])
-            jax.effects_barrier()  # every progress callback of that chunk has run
-            bar.update(config.steps * i - bar.n)  # in case a callback was dropped
-        if c is not None:
-            bar.set_description(f"chunk {i + 1}/{len(pending)}")
-            _Progress.blocks = 0
-            outputs = program(chunk)  # asynchronous
-        if in_flight is not None:
-            finish(*in_flight)
-        in_flight = (c, outputs) if c is not None else None
-
-
-def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
+def _empty_results(config: Any, config_json: str, plan: Plan, record: dict):
     """The flat results of the plan's grid before any lane ran, with its layout.
     Metrics and final arrays are the union over the static groups, each dim as
     large as its largest group's."""
@@ -363,16 +578,8 @@ def _empty_results(config: Any, config_json: str, plan: Plan, mesh: Mesh):
     finals = {name: (d, tuple(sizes[k] for k in d)) for name, d in dims.items()}
     finals.update(grok_step=((), ()), unlearn_step=((), ()))  # see grok_jax.phases
     flat = results.empty(config_json, plan.axes, steps, tuple(names), finals)
-    flat.attrs["layout"] = json.dumps(_layout_record(plan, mesh), sort_keys=True)
+    flat.attrs["layout"] = json.dumps(record, sort_keys=True)
     return flat
-
-
-def _in_memory(config: Any, config_json: str, plan: Plan, mesh: Mesh, collected: list[tuple]):
-    """The same dataset as :func:`results.load_results`, without a store."""
-    flat = _empty_results(config, config_json, plan, mesh)
-    for lanes, out_log, out_final, phase in collected:
-        results.fill(flat, lanes, out_log, out_final, phase)
-    return results.to_grid(flat)
 
 
 def _group_name(plan: Plan, g: int) -> str:

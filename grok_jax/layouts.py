@@ -24,6 +24,13 @@ CPU_BLOCK_BYTES = 2**20
 # 11-27% faster that way, p 41 and 23 equal, p 53 faster at 64 (56 not measured);
 # p 17 and p 97 slower when padded. See benchmarks/README.md.
 CPU_PADDED_COLUMNS = range(25, 65)
+# A chunk whose estimated work exceeds this many seconds runs as a series of program
+# calls of about this much work each (segments of logged blocks): its progress is
+# reported and its state may be checkpointed between them. The estimate assumes the
+# platform's NOMINAL_RATE, a fixed figure rather than a measured one, so that the
+# programs never depend on a timing. A 2-core CPU VM does 0.5-1.5e11 FLOP/s.
+SEGMENT_SECONDS = 5.0
+NOMINAL_RATE = {"cpu": 1e11, "gpu": 1e14, "tpu": 1e14}
 
 
 class Layout(NamedTuple):
@@ -32,6 +39,7 @@ class Layout(NamedTuple):
     lanes_per_device: int  # lanes each device trains at once (vmap over them when > 1)
     row_blocks: int  # see row_blocks
     columns: int  # of the readout product (see readout_columns)
+    segment: int  # logged blocks per program call (see segment_blocks)
 
 
 def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | None:
@@ -83,11 +91,31 @@ def readout_columns(platform: str, p: int, lanes_per_device: int) -> int:
     return -(-p // 8) * 8
 
 
+def segment_blocks(platform: str, flops: float, n_logs: int, every: int = 0) -> int:
+    """Logged blocks per program call of a chunk whose devices each do ``flops``
+    (estimated) over its ``n_logs`` logged blocks: ``every`` when given (a
+    checkpoint interval), else all of them for a chunk of at most
+    :data:`SEGMENT_SECONDS` at the platform's :data:`NOMINAL_RATE`, else about that
+    much work per call. The numbers do not depend on it: every step is the same
+    computation however the run is cut (it is recorded and reused on resume all the
+    same, so that a resumed run runs the very same programs).
+
+    Example:
+      >>> segment_blocks("cpu", 2e12, 100), segment_blocks("cpu", 1e11, 100), segment_blocks("cpu", 1e11, 100, 4)
+      (25, 100, 4)
+    """
+    if every:
+        return min(every, n_logs)
+    calls = math.ceil(flops / NOMINAL_RATE.get(platform, 1e14) / SEGMENT_SECONDS)
+    return max(1, math.ceil(n_logs / max(1, calls)))
+
+
 def layout(platform: str, n_max: int, width: int, p: int, lanes_per_device: int, batchnorm: bool,
-           batch_size: int = 0) -> Layout:
-    """The :class:`Layout` of a group's chunks with ``lanes_per_device`` lanes each."""
+           batch_size: int, segment: int) -> Layout:
+    """The :class:`Layout` of a group's chunks with ``lanes_per_device`` lanes each,
+    run in calls of ``segment`` logged blocks (:func:`segment_blocks`)."""
     return Layout(lanes_per_device, row_blocks(platform, n_max, width, lanes_per_device, batchnorm, batch_size),
-                  readout_columns(platform, p, lanes_per_device))
+                  readout_columns(platform, p, lanes_per_device), segment)
 
 
 def usable_cores() -> int:

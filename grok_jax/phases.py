@@ -17,8 +17,12 @@ learned, then lost it), or if its final weight norm is below
 ``FORGET_NORM_RATIO`` (one half) of its initial norm (weight decay collapsed the
 weights, App. E). Otherwise it is **Confusion**: it never fit the data and its
 weights did not collapse. Every comparison allows ``TOL`` (1e-6) of rounding,
-so exactly 90% counts as high. A run whose loss or weight norm became NaN/inf at any
-logged step is **Diverged**, whatever its accuracies.
+so exactly 90% counts as high. A run is **Diverged**, whatever its accuracies, if at
+any logged step its loss or weight norm became NaN/inf, or its train loss or weight
+norm exceeded ``DIVERGE_RATIO`` (10⁶) times its value at step 0: a loss that explodes
+without reaching inf (lr 1e4, wd 0: 4.5e27) has diverged as surely. A training run
+that learns never comes near: its loss falls from step 0, and its weight norm grows a
+few-fold at most.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ THRESHOLD = 0.9  # accuracy that counts as "high"
 # and 1.05 − 0.35 is 0.7000000000000001 in float64; neither may flip a phase.
 TOL = 1e-6
 FORGET_NORM_RATIO = 0.5  # final/initial weight norm below which a run has collapsed
+DIVERGE_RATIO = 1e6  # train loss or weight norm over this many times its step-0 value: Diverged
 (COEXISTENCE, PARTIAL, FULL, MEMORIZATION, FORGETTING, CONFUSION, DIVERGED) = range(7)
 
 
@@ -60,7 +65,8 @@ def classify(
       xi: corruption fraction of each run.
       peak_acc: the highest train or test accuracy at any logged step.
       norm_ratio: final weight norm / initial weight norm.
-      finite: whether every logged loss and weight norm is finite.
+      finite: whether the run stayed stable: every logged loss and weight norm finite
+        and within DIVERGE_RATIO of its step-0 value (see :func:`classify_log`).
 
     Example:
       >>> int(classify(0.7, 0.99, 0.35, 1.0, 0.9, True))  # 0.70 ≥ 1.05 − 0.35
@@ -79,13 +85,17 @@ def classify(
 
 
 def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
-    """Phase codes from logged trajectories (arrays ``(..., n_log)``, step 0 first)."""
+    """Phase codes from logged trajectories (arrays ``(..., n_log)``, step 0 first).
+    Diverged: a NaN/inf loss or weight norm at a logged step, or a train loss or
+    weight norm above :data:`DIVERGE_RATIO` times its step-0 value."""
     finite = np.all(
         np.isfinite(log["train_loss"]) & np.isfinite(log["test_loss"]) & np.isfinite(log["weight_norm"]),
         axis=-1,
     )
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN runs are Diverged anyway
+        for name in ("train_loss", "weight_norm"):
+            finite &= ~np.any(log[name] > DIVERGE_RATIO * log[name][..., :1], axis=-1)
         peak = np.nanmax(np.maximum(log["train_acc"], log["test_acc"]), axis=-1)
         norm_ratio = log["weight_norm"][..., -1] / log["weight_norm"][..., 0]
     return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, norm_ratio, finite)

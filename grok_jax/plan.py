@@ -260,3 +260,24 @@ def flops_per_lane(config: Any, n_max: int) -> float:
     if config.batch_size:
         rows, evaluated = config.batch_size, num_pairs(config.task, config.p)
     return get_model(config).row_flops * (3 * rows * config.steps + evaluated * n_logs)
+
+
+def process_chunks(plan: Plan, per_device: Mapping[tuple[int, int], int], store_chunk: int, index: int,
+                   count: int) -> tuple[Chunk, ...]:
+    """The chunks process ``index`` of ``count`` trains: the lanes of every
+    ``store_chunk``-th block of lanes (a chunk of the results store, written by one
+    process only) from block ``index`` on, in the plan's compile groups, with
+    ``per_device[(group, n_max)]`` lanes per device.
+
+    Example:
+      >>> [c.lanes.tolist() for c in process_chunks(plan, {(0, 72): 1}, 2, 1, 2)]  # 8 lanes, 2 devices
+      [[2, 3], [6, 7]]
+    """
+    owner = (np.arange(plan.n_lanes) // store_chunk) % count
+    chunks = []
+    for g, n_max in plan.compile_groups:
+        lanes = np.concatenate([c.lanes[:c.count] for c in plan.chunks if (c.group, c.n_max) == (g, n_max)])
+        mine = np.sort(lanes[owner[lanes] == index])
+        if len(mine):
+            chunks += _split(mine, g, n_max, plan.n_devices, per_device[g, n_max], balance=False)
+    return tuple(chunks)

@@ -18,10 +18,13 @@ Crash safety. One run at a time holds a store (:func:`exclusive`). A store appea
 whole or not at all: it is built under a temporary name beside its final one and
 renamed into place (:func:`create`). A finished chunk
 of lanes is committed by :func:`write`: every variable first, flushed to disk, then
-``done`` for its lanes in one write of its own. ``done`` is a single zarr chunk and
-zarr replaces each chunk file atomically (it writes a temporary file and renames it
-over the old one), so at any instant the lanes marked done are exactly the
-committed ones. Write errors raise :class:`~grok_jax.errors.StoreWriteError`.
+``done`` for its lanes in writes of their own. zarr replaces each chunk file
+atomically (it writes a temporary file and renames it over the old one), so at any
+instant the lanes marked done are committed ones (a commit cut short leaves some of
+its lanes unmarked: they run again). With several processes (multi-host), each
+writes only the lane chunks it owns (:func:`grok_jax.plan.process_chunks`) and
+process 0 the attributes. ``runs`` in the attributes records what ran, one entry
+per run. Write errors raise :class:`~grok_jax.errors.StoreWriteError`.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ STORE = "results.zarr"  # name of the store inside an output directory
 FORMAT = 4  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups;
 # 4: grokking and unlearning steps)
 PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
+REPLACED = ".{name}.replaced-"  # prefix of a store being replaced (--overwrite), before its removal
 
 
 def store_path(out: str | os.PathLike) -> str:
@@ -101,8 +105,10 @@ def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, metric_na
 
 
 def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
-    """Writes ``flat`` (see :func:`empty`) as a new store, chunked along ``lane``;
-    ``done`` is one chunk, so that marking lanes done is one atomic file write.
+    """Writes ``flat`` (see :func:`empty`) as a new store, every variable chunked
+    along ``lane`` in blocks of ``lanes_per_chunk`` lanes, ``done`` too: each chunk
+    file of ``done`` is replaced atomically, and the processes of a multi-host run
+    write disjoint blocks (:func:`grok_jax.plan.process_chunks`).
 
     The store is built as ``.<name>.partial-<host>-<pid>-<random>`` beside ``path``
     and renamed to ``path`` once whole (call it under :func:`exclusive`)."""
@@ -110,7 +116,6 @@ def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
     partial = os.path.join(parent, f"{PARTIAL.format(name=name)}{socket.gethostname()}-{os.getpid()}-"
                                    f"{uuid.uuid4().hex[:8]}")
     encoding = {k: {"chunks": (lanes_per_chunk,) + v.shape[1:]} for k, v in flat.data_vars.items()}
-    encoding["done"] = {"chunks": flat["done"].shape}
     try:
         flat.to_zarr(partial, mode="w-", encoding=encoding, consolidated=False)
         _publish(partial, path)
@@ -120,7 +125,16 @@ def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
 
 
 def _publish(partial: str, path: str) -> None:
-    os.rename(partial, path)  # atomic
+    """Renames the whole new store into place (atomic); a store already there
+    (``--overwrite``) is first moved aside, then removed."""
+    if not os.path.exists(path):
+        os.rename(partial, path)
+        return
+    parent, name = os.path.split(os.path.abspath(path))
+    old = os.path.join(parent, f"{REPLACED.format(name=name)}{uuid.uuid4().hex[:8]}")
+    os.rename(path, old)
+    os.rename(partial, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -156,16 +170,20 @@ def remove_leftovers(path: str, log: Callable[[str], None] = print) -> None:
         if entry.startswith(PARTIAL.format(name=name)):
             log(f"removing {os.path.join(parent, entry)}: the unfinished store of a killed run")
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        elif entry.startswith(REPLACED.format(name=name)):
+            log(f"removing {os.path.join(parent, entry)}: a store replaced by --overwrite")
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = (),
-                   defaults: dict | None = None) -> xr.Dataset | None:
+                   defaults: dict | None = None, overwrite: bool = False) -> xr.Dataset | None:
     """The store at ``path`` if it may be resumed with ``config_json``; ``None`` if
-    there is none. A ``ConfigError`` names what is wrong otherwise (not a store, an
-    old format, another config up to the ``resumable`` fields); nothing is written.
-    A field the stored config lacks (added to grok_jax since) counts as its value in
+    there is none, or with ``overwrite`` (it is to be replaced: see :func:`prepare`).
+    A ``ConfigError`` names what is wrong otherwise (not a store, an old format,
+    another config up to the ``resumable`` fields); nothing is written. A field the
+    stored config lacks (added to grok_jax since) counts as its value in
     ``defaults``."""
-    if not os.path.exists(path):
+    if overwrite or not os.path.exists(path):
         return None
     try:
         ds = _open(path)
@@ -183,7 +201,7 @@ def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = (),
     if diff:
         k = diff[0]
         raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
-                          "write to another directory, delete this one to start over, or resume it with the same config")
+                          "write to another directory, replace it with --overwrite, or resume it with the same config")
     return ds
 
 
@@ -205,10 +223,13 @@ def stored_layout(ds: xr.Dataset) -> dict | None:
 
 def prepare(path: str, existing: xr.Dataset | None, config_json: str, make_empty: Callable[[], xr.Dataset],
             lanes_per_chunk: int, resumable: tuple[str, ...] = (), log: Callable[[str], None] = print,
-            layout: dict | None = None) -> np.ndarray:
-    """Creates the store at ``path``, or takes ``existing`` (from
-    :func:`open_to_resume`, which checked its config) to resume; under
-    :func:`exclusive`. Returns the mask of the lanes already committed.
+            layout: dict | None = None, run: dict | None = None, replace: bool = False) -> np.ndarray:
+    """Creates the store at ``path`` (with ``replace``, in place of the one there),
+    or takes ``existing`` (from :func:`open_to_resume`, which checked its config) to
+    resume; under :func:`exclusive`. Returns the mask of the lanes already committed.
+
+    ``run`` (JSON-able: what runs now, versions and devices) is appended to the
+    store's ``runs`` attribute, a list with one entry per run that wrote to it.
 
     New values of the ``resumable`` fields, and ``layout`` (JSON-able: the platform
     and each compile group's layout) where a store of an earlier version has none,
@@ -218,12 +239,19 @@ def prepare(path: str, existing: xr.Dataset | None, config_json: str, make_empty
     """
     remove_leftovers(path, log)
     if existing is None:
+        if os.path.exists(path) and not replace:
+            raise ConfigError(f"{path} exists; it is replaced only with --overwrite")
         flat = make_empty()
+        flat.attrs["runs"] = json.dumps([run] if run else [], sort_keys=True)
+        if os.path.exists(path):
+            log(f"replacing {path} (--overwrite)")
         create(path, flat, lanes_per_chunk)
         return flat["done"].values
     ds = existing
     old, new, done = json.loads(ds.attrs["config"]), json.loads(config_json), ds["done"].values
     _check_writable(path)
+    if run:
+        _set_attr(path, "runs", json.dumps([*json.loads(ds.attrs.get("runs", "[]")), run], sort_keys=True))
     if any(old.get(k) != new.get(k) for k in resumable):
         _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in resumable}}, sort_keys=True))
     if layout is not None and "layout" not in ds.attrs:
@@ -235,6 +263,23 @@ def prepare(path: str, existing: xr.Dataset | None, config_json: str, make_empty
         log(f"warning: {int(empty_done.sum())} lane(s) of {path} were marked done without results "
             "(an earlier version crashed while writing them); running them again")
     return done & ~empty_done
+
+
+def committed(ds: xr.Dataset) -> np.ndarray:
+    """The lanes of store ``ds`` marked done with their results."""
+    return ds["done"].values & _has_results(ds)
+
+
+def lane_chunk(path: str) -> int:
+    """Lanes per chunk of the store's files; ``ConfigError`` when ``done`` is chunked
+    otherwise (a store of an earlier version: one chunk), which several processes
+    cannot share."""
+    group = zarr.open_group(path, mode="r")
+    size, done = group["train_loss"].chunks[0], group["done"].chunks[0]
+    if done != size and group["done"].shape[0] > size:
+        raise ConfigError(f"{path} was written by an earlier version, whose done mark several processes cannot "
+                          "share; resume it with one process, or choose another --out")
+    return size
 
 
 def _has_results(ds: xr.Dataset) -> np.ndarray:

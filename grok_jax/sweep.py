@@ -11,12 +11,14 @@ import logging as std_logging
 import os
 import sys
 
+import jax
 import ml_collections
 
 from grok_jax import config as cfg
 from grok_jax import layouts, plotting, results
-from grok_jax.errors import ConfigError, StoreWriteError
-from grok_jax.execution import default_cache_dir, run_sweep, use_compilation_cache
+from grok_jax.errors import PREEMPTED_STATUS, ConfigError, Preempted, StoreWriteError
+from grok_jax.execution import (CHECKPOINT_MINUTES, check_checkpointing, default_cache_dir, run_sweep,
+                                use_compilation_cache)
 from grok_jax.plan import check_resources
 
 __all__ = ["main", "run_sweep"]
@@ -32,7 +34,8 @@ def _fail(error: Exception | str, status: int = 2) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m grok_jax.sweep [flags]`` (``argv`` without the program name;
     default ``sys.argv[1:]``). Exits with status 2 on bad input, 1 when the store
-    or the figures cannot be written, 130 on Ctrl-C. Flags live in a ``FlagValues``
+    or the figures cannot be written, 75 when stopped by SIGTERM (checkpointed:
+    run it again), 130 on Ctrl-C. Flags live in a ``FlagValues``
     of their own, so that ``main`` can be called more than once in a process."""
     from absl import flags
     from ml_collections import config_flags
@@ -52,6 +55,23 @@ def main(argv: list[str] | None = None) -> None:
     cache = flags.DEFINE_string("compilation_cache", default_cache_dir(), "directory of the persistent "
                                 "compilation cache (a second run of the same shapes compiles nothing); '' "
                                 "disables it", flag_values=fv)
+    every = flags.DEFINE_integer("checkpoint_steps", 0, "checkpoint a long chunk's training state every this "
+                                 "many steps (a multiple of log_every); 0: every --checkpoint_minutes", flag_values=fv)
+    minutes = flags.DEFINE_float("checkpoint_minutes", CHECKPOINT_MINUTES, "checkpoint a long chunk's training "
+                                 "state at most this often (minutes)", flag_values=fv)
+    overwrite = flags.DEFINE_bool("overwrite", False, "replace the store in --out, whatever it holds, instead of "
+                                  "resuming it", flag_values=fv)
+    accelerator = flags.DEFINE_bool("accelerator_layout", False, "follow the GPU/TPU layout rules (no row "
+                                    "blocks, lanes batched per device, no readout padding) on any platform, "
+                                    "e.g. to test that path on a CPU", flag_values=fv)
+    coordinator = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0's "
+                                      "coordinator (jax.distributed.initialize); with --num_processes and "
+                                      "--process_id", flag_values=fv)
+    n_processes = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes", flag_values=fv)
+    process_id = flags.DEFINE_integer("process_id", None, "multi-host: this process's index", flag_values=fv)
+    distributed = flags.DEFINE_bool("distributed", False, "multi-host with the cluster's own settings, as "
+                                    "jax.distributed.initialize() detects them (TPU VMs, SLURM, Open MPI)",
+                                    flag_values=fv)
     show_help = flags.DEFINE_bool("help", False, "show this help", short_name="h", flag_values=fv)
     try:
         fv(argv, known_only=True)  # --grid and --scale pick the config file
@@ -80,9 +100,11 @@ def main(argv: list[str] | None = None) -> None:
     try:  # all input checked before the cache directory is made
         cfg.check_config(config.value)
         check_resources(memory.value, per_device.value or None)
+        check_checkpointing(config.value, every.value, minutes.value)
     except ConfigError as e:
         _fail(e)
     layouts.use_cpu_cores()  # before anything runs JAX
+    _start_distributed(distributed.value, coordinator.value, n_processes.value, process_id.value)
     if cache.value:
         try:
             use_compilation_cache(cache.value)
@@ -94,7 +116,11 @@ def main(argv: list[str] | None = None) -> None:
     store = results.store_path(target)
     try:
         ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None,
-                       parameters=False)  # the figures need no parameters
+                       parameters=False,  # the figures need no parameters
+                       checkpoint_steps=every.value, checkpoint_minutes=minutes.value, overwrite=overwrite.value,
+                       accelerator_layout=accelerator.value)
+        if jax.process_index():  # process 0 shows and draws the results
+            return
         print(plotting.phase_table(ds))
         fallback = plotting.plot_fallback(ds)
         if fallback:
@@ -105,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail(e)
     except StoreWriteError as e:
         _fail(e, status=1)
+    except Preempted as e:
+        _fail(e, status=PREEMPTED_STATUS)
     except OSError as e:  # the figures (the store's own errors are StoreWriteErrors)
         _fail(f"cannot write the figures to {target}: {e.strerror or e}; the results are complete in {store}",
               status=1)
@@ -112,6 +140,28 @@ def main(argv: list[str] | None = None) -> None:
         kept = f"the lanes committed to {store} are kept" if os.path.exists(store) else "no results were written"
         _fail(f"interrupted; {kept}: run the same command again to resume", status=130)
     print(f"results: {store}  (grok_jax.load_results({target!r}))")
+
+
+def _start_distributed(auto: bool, address: str | None, count: int | None, index: int | None) -> None:
+    """``jax.distributed.initialize`` for a multi-host run (before anything else runs
+    JAX): with the three flags, or with ``--distributed`` from the cluster's settings."""
+    given = [address is not None, count is not None, index is not None]
+    if not auto and not any(given):
+        return
+    if any(given) and not all(given):
+        _fail(ConfigError("--coordinator_address, --num_processes and --process_id go together (or use "
+                          "--distributed on a TPU VM or under SLURM)"))
+    if all(given) and not (count >= 1 and 0 <= index < count):
+        _fail(ConfigError(f"--process_id={index} must be in [0, --num_processes={count})"))
+    # Processes coordinate (the store's setup, the end) through collectives; CPUs have them with gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        if all(given):
+            jax.distributed.initialize(address, num_processes=count, process_id=index)
+        else:
+            jax.distributed.initialize()
+    except (RuntimeError, ValueError) as e:
+        _fail(ConfigError(f"jax.distributed.initialize failed: {e}"))
 
 
 def _check_overrides(config: ml_collections.ConfigDict, grid_config: ml_collections.ConfigDict) -> None:

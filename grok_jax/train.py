@@ -8,6 +8,11 @@ corrupted sets, wd, lr, dropout) as traced arrays. The step loop is a fixed-leng
 log is part of the compiled program's output with no host round trips. A logged
 state's metrics on the training rows come from the forward pass of the step that
 starts from it; only the pairs past the training rows need a forward of their own.
+
+``make_run`` gives the same run in pieces (``start``, ``advance`` over a segment of
+logged blocks, ``finish``), so that a long run can be checkpointed between program
+calls; its random draws depend on the step index only, so the pieces compute the
+whole run's numbers.
 """
 
 from __future__ import annotations
@@ -111,16 +116,42 @@ def make_gradient(config: Any, model: Model, row_blocks: int = 1
     return gradient
 
 
-def make_train(
-    config: Any,
-    n_max: int,
-    on_log: Callable[[jax.Array], None] | None = None,
-    row_blocks: int = 1,
-    reports: int = 25,
-    columns: int | None = None,
-    n_min: int = 1,
-) -> Callable[[Lane], tuple[Log, Log]]:
-    """Returns the pure ``train(lane) -> (log, final)`` for static ``config``.
+class RunState(NamedTuple):
+    """The in-flight state of a run between program calls (what a checkpoint holds)."""
+
+    variables: Variables  # parameters and model state
+    opt_state: Any  # AdamW's
+    log: Log  # every metric over the logged steps; NaN where not logged yet
+
+
+class Run(NamedTuple):
+    """A run in pieces: ``finish(lane, advance(lane, start(lane), 0, n_logs))`` is
+    ``train(lane)``; a long run calls ``advance`` once per segment of logged blocks,
+    its state kept (and checkpointed) between calls."""
+
+    start: Callable[[Lane], RunState]
+    # (lane, state, first logged block, number of blocks: static) -> state after them
+    advance: Callable[[Lane, RunState, jax.Array, int], RunState]
+    finish: Callable[[Lane, RunState], tuple[Log, Log]]  # -> (log, final)
+    n_logs: int  # logged blocks of a whole run (steps // log_every)
+
+
+def make_train(config: Any, n_max: int, row_blocks: int = 1, columns: int | None = None, n_min: int = 1
+               ) -> Callable[[Lane], tuple[Log, Log]]:
+    """Returns the pure ``train(lane) -> (log, final)`` for static ``config``: the
+    whole run of :func:`make_run` in one function.
+
+    Example:
+      >>> train = make_train(config, n_max=60)
+      >>> lanes = Lane(seed=jnp.arange(4), ...)            # one entry per run
+      >>> log, final = jax.jit(jax.vmap(train))(lanes)     # log["test_acc"]: (4, n_log)
+    """
+    run = make_run(config, n_max, row_blocks, columns, n_min)
+    return lambda lane: run.finish(lane, run.advance(lane, run.start(lane), jnp.int32(0), run.n_logs))
+
+
+def make_run(config: Any, n_max: int, row_blocks: int = 1, columns: int | None = None, n_min: int = 1) -> Run:
+    """The :class:`Run` of static ``config``: pure functions of a lane and its state.
 
     ``config`` holds the static settings of :func:`grok_jax.config.static_config`;
     the model is ``get_model(config, readout_columns=columns)``. ``row_blocks`` is
@@ -132,26 +163,25 @@ def make_train(
     ``fold_in(stream_key(seed, "batch"), epoch)``), cut into ``⌈n_train/B⌉`` batches
     in order, the last one partial (:func:`grok_jax.data.batch_rows`); step ``t`` is
     batch ``t mod ⌈n_train/B⌉`` of epoch ``t div ⌈n_train/B⌉``. The step count is
-    fixed whatever the epoch length.
+    fixed whatever the epoch length. Every random draw depends on the step index
+    only, never on how the run is cut into ``advance`` calls.
 
     ``n_max`` is the padded training-set size of the compile group, ``n_min`` a
     lower bound of its lanes' training-set sizes (mini-batches: it bounds the epochs
     a logged block spans, whose orders are drawn together; any bound gives the same
-    numbers, a tight one less work). ``on_log``, if
-    given, is called on the host with the index of a finished logging block after
-    every ``max(1, n_logs // reports)`` of them: ``reports`` to ``2·reports − 1``
-    times per run, or once per logged block when there are fewer (for progress
-    bars; once per report, not per lane, under ``vmap``; once per device under
-    ``shard_map``). ``log`` maps each name of :func:`grok_jax.metrics.metric_names`
-    to an array over the ``steps // log_every + 1`` logged steps (step 0 first;
-    entry ``i`` is the state after ``i·log_every`` steps, in eval mode); ``final``
-    holds ``ipr_<group>`` (per-neuron IPR at the end, per neuron group of the
-    model) and the final ``variables`` (parameters and model state).
+    numbers, a tight one less work). ``log`` maps each name of
+    :func:`grok_jax.metrics.metric_names` to an array over the
+    ``steps // log_every + 1`` logged steps (step 0 first; entry ``i`` is the state
+    after ``i·log_every`` steps, in eval mode); ``final`` holds ``ipr_<group>``
+    (per-neuron IPR at the end, per neuron group of the model) and the final
+    ``variables`` (parameters and model state).
 
     Example:
-      >>> train = make_train(config, n_max=60)
-      >>> lanes = Lane(seed=jnp.arange(4), ...)            # one entry per run
-      >>> log, final = jax.jit(jax.vmap(train))(lanes)     # log["test_acc"]: (4, n_log)
+      >>> run = make_run(config, n_max=60)
+      >>> state = run.start(lane)
+      >>> state = run.advance(lane, state, jnp.int32(0), 10)     # logged blocks 0-9
+      >>> state = run.advance(lane, state, jnp.int32(10), run.n_logs - 10)
+      >>> log, final = run.finish(lane, state)
     """
     p, batch = config.p, config.batch_size
     n_logs, rem = divmod(config.steps, config.log_every)
@@ -166,21 +196,24 @@ def make_train(
     epochs_per_block = -(-(config.log_every - 1) // -(-n_min // batch)) + 1 if batch else 0
     gradient = make_gradient(config, model, row_blocks)
     first_group = next(iter(model.groups))
-    if on_log is None or reports < 1:
-        on_log, reports = None, 1
-    per_report = max(1, n_logs // reports)  # logged blocks per progress report
-    n_reports = n_logs // per_report
     # Without dropout, batch statistics or mini-batches, a training step's forward pass
     # is the evaluation's on the training rows: a logged state then needs a forward
     # over the other test pairs only.
     step_evaluates = not (config.use_dropout or model.batch_coupled or batch)
 
-    def train(lane: Lane) -> tuple[Log, Log]:
+    class Bound(NamedTuple):
+        """The functions of one lane (its data set is rebuilt from its keys: cheap)."""
+
+        opt: optax.GradientTransformation
+        evaluate: Callable[..., Log]
+        logged_block: Callable[[tuple, jax.Array], tuple[tuple, Log]]
+        refreshed: Callable[[Variables], tuple[Variables, jax.Array | None]]
+
+    def bind(lane: Lane) -> Bound:
         ds = make_dataset(
             stream_key(lane.seed, "split"), stream_key(lane.seed, "corrupt"),
             lane.n_train, lane.n_corrupt, task=config.task, p=p, n_max=n_max,
         )
-        variables = model.init(stream_key(lane.seed, "init"))
         opt = make_optimizer(lane.lr, lane.wd, config)
         dropout_key, batch_key = stream_key(lane.seed, "dropout"), stream_key(lane.seed, "batch")
         rows, n_train = training_rows(ds, n_max), jnp.sum(ds.train)
@@ -249,24 +282,27 @@ def make_train(
             carry, _ = jax.lax.scan(lambda c, t: (step(c, t, orders)[0], None), after_first, rest)
             return carry, entry
 
-        def reported_blocks(carry: tuple, first_block: jax.Array) -> tuple[tuple, Log]:
-            # A progress report after every `per_report` logged blocks, by nesting scans
-            # rather than with a `cond` in every block: at p 31 the `cond` alone cost 5%.
-            carry, log = jax.lax.scan(logged_block, carry, first_block + jnp.arange(per_report))
-            if on_log is not None:
-                jax.debug.callback(on_log, first_block + per_report - 1)
-            return carry, log
+        return Bound(opt, evaluate, logged_block, refreshed)
 
-        carry = (variables, opt.init(variables["params"]))
-        carry, log = jax.lax.scan(reported_blocks, carry, jnp.arange(0, n_reports * per_report, per_report))
-        log = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), log)
-        if n_logs > n_reports * per_report:  # the last few blocks, unreported
-            carry, rest = jax.lax.scan(logged_block, carry, jnp.arange(n_reports * per_report, n_logs))
-            log = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), log, rest)
-        variables = carry[0]
-        log = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), log, evaluate(variables))
+    def start(lane: Lane) -> RunState:
+        bound = bind(lane)
+        variables = model.init(stream_key(lane.seed, "init"))
+        nan = lambda s: jnp.full((n_logs + 1, *s.shape), jnp.nan, s.dtype)  # noqa: E731
+        log = jax.tree.map(nan, jax.eval_shape(bound.evaluate, variables))
+        return RunState(variables, bound.opt.init(variables["params"]), log)
+
+    def advance(lane: Lane, state: RunState, first: jax.Array, blocks: int) -> RunState:
+        carry = (state.variables, state.opt_state)
+        carry, entries = jax.lax.scan(bind(lane).logged_block, carry, first + jnp.arange(blocks))
+        log = jax.tree.map(lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new, first, 0),
+                           state.log, entries)
+        return RunState(*carry, log)
+
+    def finish(lane: Lane, state: RunState) -> tuple[Log, Log]:
+        bound, variables = bind(lane), state.variables
+        log = jax.tree.map(lambda buf, last: buf.at[n_logs].set(last), state.log, bound.evaluate(variables))
         final = {f"ipr_{group}": v for group, v in model.neuron_ipr(variables["params"]).items()}
-        final["variables"] = refreshed(variables)[0]
+        final["variables"] = bound.refreshed(variables)[0]
         return log, final
 
-    return train
+    return Run(start, advance, finish, n_logs)

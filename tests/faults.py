@@ -9,6 +9,12 @@ FAULT is one of:
   interrupt          Ctrl-C (KeyboardInterrupt) at the N-th chunk commit, before its done mark
   enospc             the N-th chunk commit fails with "No space left on device" after its
                      first two variable writes (raised by the zarr store, as a full disk would)
+  kill_compiling     SIGKILL while the N-th program compiles
+  kill_after_checkpoint  SIGKILL right after the N-th in-flight checkpoint is saved (mid-chunk)
+  term_compiling     SIGTERM while the N-th program compiles
+  term_mid_chunk     SIGTERM once the N-th segment of training is dispatched (while it runs)
+  term_after_commit  SIGTERM right after the N-th chunk commit (between chunks)
+  term_before_done   SIGTERM during the N-th chunk commit, before its done mark
 
 A SIGKILL leaves no chance to clean up: what the store holds then is what any crash
 at that point would leave.
@@ -22,9 +28,10 @@ import os
 import signal
 import sys
 
+import jax
 import zarr.storage
 
-from grok_jax import results
+from grok_jax import checkpoints, execution, results
 from grok_jax.sweep import main as sweep_main
 
 
@@ -35,6 +42,10 @@ def _kill() -> None:
 
 def _interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def _term() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _on_call(fn, n: int, before=None, after=None):
@@ -52,6 +63,11 @@ def _on_call(fn, n: int, before=None, after=None):
         return out
 
     return wrapped
+
+
+def _compiling(n: int, fault) -> None:
+    """``fault`` as the ``n``-th program compiles (a SIGTERM only sets a flag: it then compiles)."""
+    jax.stages.Lowered.compile = _on_call(jax.stages.Lowered.compile, n, before=fault)
 
 
 def _disk_full_after(writes: int) -> None:
@@ -80,6 +96,18 @@ def main() -> None:
         results._mark_done = _on_call(results._mark_done, n, after=_kill)
     elif fault == "interrupt":
         results._mark_done = _on_call(results._mark_done, n, before=_interrupt)
+    elif fault == "kill_compiling":
+        _compiling(n, _kill)
+    elif fault == "term_compiling":
+        _compiling(n, _term)
+    elif fault == "kill_after_checkpoint":
+        checkpoints.save = _on_call(checkpoints.save, n, after=_kill)
+    elif fault == "term_mid_chunk":
+        execution._Run._dispatch_segment = _on_call(execution._Run._dispatch_segment, n, after=_term)
+    elif fault == "term_after_commit":
+        results._mark_done = _on_call(results._mark_done, n, after=_term)
+    elif fault == "term_before_done":
+        results._mark_done = _on_call(results._mark_done, n, before=_term)
     elif fault == "enospc":
         results.write = _on_call(results.write, n, before=lambda: _disk_full_after(2))
     else:

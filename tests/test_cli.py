@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -44,8 +45,21 @@ def test_end_to_end_and_resume(tmp_path):
 
     # Another config into the same store: refused, store untouched.
     other = _run("--grid=tiny", f"--out={out}", "--config.steps=60")
-    assert other.returncode == 2 and "steps=40" in other.stderr.replace("'", "")
+    assert other.returncode == 2 and "steps=40" in other.stderr.replace("'", "") and "--overwrite" in other.stderr
     np.testing.assert_array_equal(grok_jax.load_results(out).train_loss.values, before)
+
+    # Replaced on request: the new config's results, nothing of the old store left beside it.
+    replaced = _run("--grid=tiny", f"--out={out}", "--config.steps=60", "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert f"replacing {out / 'results.zarr'} (--overwrite)" in replaced.stdout
+    new = grok_jax.load_results(out)
+    assert json.loads(new.attrs["config"])["steps"] == 60 and list(new.step.values) == [0, 20, 40, 60]
+    np.testing.assert_allclose(new.train_loss.values[..., :3], before, rtol=1e-5)  # same first steps
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".results.zarr.lock"]
+    (run,) = json.loads(new.attrs["runs"])  # what ran, recorded
+    assert run["backend"] == "cpu" and run["jax"] == jax.__version__ and run["process_count"] == 1
+    assert run["matmul_precision"] == "highest" and run["x64"] is False
+    assert run["layout"] == json.loads(new.attrs["layout"]) and run["layout"]["rules"] == "cpu"
 
 
 GRID_FILES = {  # user grid files that cannot give a config
@@ -73,6 +87,10 @@ BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["--memory_gb=0"], "--memory_gb=0", 2),
     (["--memory_gb=-1"], "--memory_gb=-1", 2),
     (["--lanes_per_device=-1"], "--lanes_per_device=-1", 2),
+    (["--checkpoint_steps=30"], "--checkpoint_steps=30 must be 0 (by time only) or a positive multiple of "
+     "log_every=20", 2),
+    (["--checkpoint_minutes=0"], "--checkpoint_minutes=0.0 must be a number of minutes > 0", 2),
+    (["--config.matmul_precision=tf32"], "matmul_precision='tf32' is not valid; valid: highest, high, default", 2),
     (["--config.stepz=3"], "unknown config field 'stepz' (did you mean steps?)", 2),
     (["--config.plot.z=wd"], "unknown config field 'plot.z'", 2),
     (["--config.plot.x=wdd"], "plot.x='wdd' is not a heatmap axis", 2),

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import xarray as xr
 import zarr
@@ -13,6 +14,7 @@ import zarr
 from grok_jax import results
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
+from compare import assert_same_results
 
 QUIET = dict(progress=False, log=lambda s: None)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +38,7 @@ def test_the_same_command_twice_gives_identical_stores(tmp_path):
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     assert "compiled in" in first.stdout and "32 columns wide" in first.stdout
     assert "loaded from the compilation cache" in second.stdout and "compiled in" not in second.stdout
-    xr.testing.assert_identical(_store(tmp_path / "a"), _store(tmp_path / "b"))
+    assert_same_results(_store(tmp_path / "a"), _store(tmp_path / "b"))
     layout = json.loads(_store(tmp_path / "a").attrs["layout"])
     assert layout["platform"] == "cpu" and {g["columns"] for g in layout["groups"]} == {32}
     off = _cli(*args, f"--out={tmp_path / 'c'}", "--compilation_cache=", env=env)
@@ -53,7 +55,7 @@ def test_a_resume_keeps_the_stores_layout(tiny, tmp_path):
     logged = []
     resumed = run_sweep(tiny, out=str(tmp_path / "cut"), lanes_per_device=1, progress=False, log=logged.append)
     assert any("resuming in the store's layout" in line for line in logged), logged
-    xr.testing.assert_identical(resumed, whole)
+    assert_same_results(resumed, whole)
 
 
 def test_a_store_of_another_platform_is_refused(tiny, tmp_path):
@@ -98,3 +100,27 @@ def test_an_installed_package_finds_its_grids(tmp_path):
     assert str(target) in subprocess.run([sys.executable, "-c", "import grok_jax; print(grok_jax.__file__)"],
                                          capture_output=True, text=True, cwd=tmp_path,
                                          env=dict(os.environ, PYTHONPATH=str(target))).stdout
+
+
+def test_the_accelerator_path_on_a_cpu_gives_the_same_phases(tmp_path):
+    """--accelerator_layout: no row blocks, lanes batched per device, no readout
+    padding, as on a GPU/TPU; against the CPU layout (one lane per device, 2 row
+    blocks, readout padded to 64 columns): equal up to rounding, same phases."""
+    from grok_jax.config import base_config
+
+    config = base_config()
+    config.update(p=61, width=160, steps=40, log_every=20, lr=0.02)
+    config.sweep.wd, config.sweep.xi = (0.0, 5.0), (0.0, 0.3)
+    cpu = run_sweep(config, out=str(tmp_path / "cpu"), **QUIET)
+    accelerator = run_sweep(config, out=str(tmp_path / "accelerator"), accelerator_layout=True, **QUIET)
+    groups = {name: json.loads(ds.attrs["layout"]) for name, ds in (("cpu", cpu), ("accelerator", accelerator))}
+    assert groups["cpu"]["rules"] == "cpu" and groups["accelerator"]["rules"] == "accelerator"
+    layout = lambda name: {k: groups[name]["groups"][0][k] for k in ("lanes_per_device", "row_blocks", "columns")}  # noqa: E731
+    assert layout("cpu") == {"lanes_per_device": 1, "row_blocks": 2, "columns": 64}
+    assert layout("accelerator") == {"lanes_per_device": 2, "row_blocks": 1, "columns": 61}
+    np.testing.assert_array_equal(accelerator.phase.values, cpu.phase.values)
+    for name in ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm", "params.W"):
+        np.testing.assert_allclose(accelerator[name].values, cpu[name].values, rtol=2e-4, atol=2e-5, err_msg=name)
+    assert len(set(cpu.phase.values.ravel())) > 1  # the grid is not all one phase
+    with pytest.raises(ConfigError, match="written with the cpu layout rules"):
+        run_sweep(config, out=str(tmp_path / "cpu"), accelerator_layout=True, **QUIET)

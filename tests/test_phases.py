@@ -89,3 +89,33 @@ def test_transition_steps_are_per_lane():
     np.testing.assert_equal(phases.unlearning_step(corrupt, clean, STEPS), [40.0, 20.0])
     test = np.array([[0.0, 0.95, 1, 1, 1, 1], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]], np.float32)
     np.testing.assert_equal(phases.grokking_step(test, STEPS), [10.0, np.nan])
+
+
+def _log(train_loss, weight_norm, train_acc=0.05, test_acc=0.03):
+    n = len(train_loss)
+    return {"train_loss": np.asarray(train_loss, float), "test_loss": np.ones(n), "weight_norm": np.asarray(weight_norm, float),
+            "train_acc": np.full(n, train_acc), "test_acc": np.full(n, test_acc)}
+
+
+@pytest.mark.parametrize("train_loss,weight_norm,expected", [
+    ([1.0, 3e8, 4.5e27], [10.0, 11.0, 12.0], DIVERGED),  # exploding loss, still finite
+    ([1.0, 1.01e6, 0.5], [10.0, 11.0, 12.0], DIVERGED),  # just over 1e6× at one logged step
+    ([1.0, 9.9e5, 2.0], [10.0, 11.0, 12.0], CONFUSION),  # under the ratio: its accuracies decide
+    ([1.0, 1.0, 1.0], [10.0, 5e5, 1.1e7], DIVERGED),  # exploding weights
+    ([1.0, 0.5, 0.1], [10.0, 40.0, 60.0], CONFUSION),  # weights grow a few-fold: normal
+])
+def test_a_loss_or_norm_that_explodes_without_inf_is_diverged(train_loss, weight_norm, expected):
+    assert classify_log(_log(train_loss, weight_norm), np.array(0.3)) == expected
+
+
+def test_lr_1e4_without_weight_decay_is_diverged():
+    """The run that reaches a train loss of 4.5e27 at paper scale, at the tiny one."""
+    from grok_jax.config import load_config
+    from grok_jax.execution import run_sweep
+
+    config = load_config("tiny")
+    config.lr, config.sweep = 1e4, {"seed": (0, 1)}
+    ds = run_sweep(config, progress=False, log=lambda s: None)
+    loss = ds.train_loss.values
+    assert (loss[:, -1] > 1e6 * loss[:, 0]).all()
+    assert (ds.phase.values == DIVERGED).all()

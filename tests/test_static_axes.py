@@ -11,6 +11,7 @@ from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.results import load_results
 from grok_jax.plan import make_plan
+from compare import assert_same_results
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -31,7 +32,7 @@ def test_a_width_sweep_equals_separate_sweeps_per_width(tiny, tmp_path):
     assert both.attrs["config"] and "width" in both.attrs["axes"]
     light = load_results(tmp_path / "both", parameters=False)
     assert "params.U" not in light and "ipr_hidden" in light
-    xr.testing.assert_identical(light, both.drop_vars([n for n in both.data_vars if "." in n]))
+    assert_same_results(light, both.drop_vars([n for n in both.data_vars if "." in n]))
 
 
 def test_p_and_activation_in_one_store(tiny, tmp_path):
@@ -46,7 +47,7 @@ def test_p_and_activation_in_one_store(tiny, tmp_path):
     assert np.isnan(small["params.U"].isel(operand=slice(11, None)).values).all()
     # Each lane trained with its own settings: the relu and quad lanes differ.
     assert not np.allclose(ds.sel(activation="quad").train_loss, ds.sel(activation="relu").train_loss)
-    xr.testing.assert_identical(ds, run_sweep(tiny, out=str(tmp_path), **QUIET))  # resumed: nothing to do
+    assert_same_results(ds, run_sweep(tiny, out=str(tmp_path), **QUIET))  # resumed: nothing to do
     # Figures and the text table get one panel per static combination, labeled with it.
     assert len(plotting.save_figures(ds, str(tmp_path))) == 3
     table = plotting.phase_table(ds)
@@ -94,4 +95,4 @@ def test_a_resumed_static_axes_store_equals_an_uninterrupted_one(tiny, tmp_path)
     logged = []
     resumed = run_sweep(tiny, out=str(tmp_path / "cut"), progress=False, log=logged.append)
     assert any("13 lanes already done" in line for line in logged), logged
-    xr.testing.assert_identical(resumed, whole)
+    assert_same_results(resumed, whole)

@@ -16,15 +16,24 @@ import zarr
 from grok_jax import results
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
+from compare import assert_same_results
 
-# 16 lanes in 4 chunks of 2 lanes on each of 2 devices; no timed layout choice
-# (several lanes per device), so every run of it gives the same numbers.
-ARGS = ["--grid=tiny", "--lanes_per_device=2", "--config.sweep.seed=(0,1,2,3)", "--config.steps=40"]
+# 16 lanes in 4 chunks of 2 lanes on each of 2 devices, each chunk in 2 segments of
+# 20 steps with a checkpoint between them; no timed layout choice (several lanes per
+# device), so every run of it gives the same numbers.
+ARGS = ["--grid=tiny", "--lanes_per_device=2", "--config.sweep.seed=(0,1,2,3)", "--config.steps=40",
+        "--checkpoint_steps=20"]
 FAULTS = os.path.join(os.path.dirname(__file__), "faults.py")
 QUIET = dict(progress=False, log=lambda s: None)
-# (fault, at which commit, exit status, lanes committed when it stopped; None: no store)
-STOPS = [("kill_creating", 1, -9, None), ("kill_before_done", 2, -9, 4), ("kill_after_commit", 2, -9, 8),
-         ("enospc", 2, 1, 4), ("interrupt", 3, 130, 8)]
+# (fault, at which event, exit status, lanes committed when it stopped (None: no store),
+# whether the resumed run restores the chunk in flight from its checkpoint). A chunk's commit happens once the next
+# chunk is dispatched; its checkpoint after its first segment. Programs: start,
+# advance, finish. SIGTERM stops at the next segment boundary, with a checkpoint: 75.
+STOPS = [("kill_creating", 1, -9, None, False), ("kill_before_done", 2, -9, 4, True),
+         ("kill_after_commit", 2, -9, 8, False), ("enospc", 2, 1, 4, True), ("interrupt", 3, 130, 8, True),
+         ("kill_compiling", 2, -9, 0, False), ("kill_after_checkpoint", 2, -9, 4, True),
+         ("term_compiling", 1, 75, 0, True), ("term_mid_chunk", 3, 75, 4, True),
+         ("term_after_commit", 2, 75, 8, True), ("term_before_done", 1, 75, 4, True)]
 
 
 def _sweep(out, env, *fault):
@@ -57,20 +66,23 @@ def stopped(tmp_path_factory):
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         runs = dict(zip([s[0] for s in STOPS], pool.map(stop_and_resume, STOPS)))
-    return _store(tmp / "ref"), runs
+    return _store(tmp / "ref"), runs, sorted(p.name for p in (tmp / "ref").iterdir())
 
 
-@pytest.mark.parametrize("fault,at,status,committed", STOPS, ids=[s[0] for s in STOPS])
-def test_a_run_stopped_anywhere_resumes_to_the_same_store(stopped, fault, at, status, committed):
-    ref, runs = stopped
+@pytest.mark.parametrize("fault,at,status,committed,checkpointed", STOPS, ids=[s[0] for s in STOPS])
+def test_a_run_stopped_anywhere_resumes_to_the_same_store(stopped, fault, at, status, committed, checkpointed):
+    ref, runs, ref_files = stopped
     proc, store, files, resumed, final = runs[fault]
     assert proc.returncode == status, proc.stderr
+    if checkpointed:
+        assert ".results.zarr.inflight" in files
+    assert ("resuming chunk of lanes" in resumed.stdout) == checkpointed, resumed.stdout
     if committed is None:  # killed while creating it: no store, only the partial one
         assert store is None and len(files) == 1 and files[0].startswith(".results.zarr.partial-")
     else:  # exactly the committed chunks are marked done, each with all its results
         done = np.flatnonzero(store.done.values)
         assert len(done) == committed
-        xr.testing.assert_identical(store.isel(lane=done), ref.isel(lane=done))
+        assert_same_results(store.isel(lane=done), ref.isel(lane=done))
     if status > 0:  # a one-line message, no traceback
         last = proc.stderr.strip().splitlines()[-1]
         assert "Traceback" not in proc.stderr and last.startswith("error: ") and "run the same command" in last
@@ -79,7 +91,12 @@ def test_a_run_stopped_anywhere_resumes_to_the_same_store(stopped, fault, at, st
     assert resumed.returncode == 0, resumed.stderr
     assert f"{committed or 0} lanes already done" in resumed.stdout
     assert ("removing" in resumed.stdout) == (committed is None)  # the partial store
-    xr.testing.assert_identical(final, ref)
+    assert_same_results(final, ref)  # every array, bit for bit
+    assert len(json.loads(final.attrs["runs"])) == (1 if committed is None else 2)  # one entry per run
+
+
+def test_a_finished_run_leaves_no_checkpoint(stopped):
+    assert [name for name in stopped[2] if name.startswith(".")] == [".results.zarr.lock"]
 
 
 def test_lanes_marked_done_without_results_run_again(tiny, tmp_path):
@@ -95,7 +112,7 @@ def test_lanes_marked_done_without_results_run_again(tiny, tmp_path):
     again = run_sweep(tiny, out=str(tmp_path), lanes_per_device=1, progress=False, log=logged.append)
     assert any(line.startswith("warning: 3 lane(s)") for line in logged), logged
     assert any("5 lanes already done" in line for line in logged)
-    xr.testing.assert_identical(again, first)
+    assert_same_results(again, first)
 
 
 def test_a_second_run_on_the_same_store_is_refused(tiny, tmp_path):

@@ -17,7 +17,7 @@ from grok_jax.models import flat_variables, get_model
 from grok_jax.models.mlp2 import init_params
 from grok_jax.execution import run_sweep
 from grok_jax.plan import PADDING_TOLERANCE, compile_groups, lane_bytes, make_plan
-from grok_jax.train import Lane, make_gradient, make_optimizer, make_train, stream_key
+from grok_jax.train import Lane, make_gradient, make_optimizer, make_run, make_train, stream_key
 
 
 def _adamw_numpy(w: dict, grads, steps: int, lr: float, wd: float, b1: float, b2: float, eps: float) -> dict:
@@ -311,35 +311,40 @@ def test_readout_is_padded_by_a_fixed_rule():
     assert layouts.readout_columns("gpu", 31, 1) == layouts.readout_columns("tpu", 31, 1) == 31
 
 
-def test_progress_reports_leave_the_log_unchanged():
-    full = _small(steps=51, log_every=1, dropout=0.1)  # 51 logged blocks: 25 reports of 2, 1 left over
+@pytest.mark.parametrize("batch_size", [0, 16])
+def test_a_run_cut_into_segments_is_the_whole_run(batch_size):
+    """start, advance over uneven segments, finish: bit for bit the whole run (dropout
+    keys and mini-batch orders follow the step index, not the program call)."""
+    full = _small(steps=30, log_every=3, dropout=0.1, batch_size=batch_size)  # 10 logged blocks
     config = static_config(full)
-    assert config.use_dropout  # dropout keys follow the step index: the steps must line up
     n_train, n_corrupt = split_sizes(full.alpha, full.xi, full.task, full.p)
     lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(1.0),
                 jnp.float32(0.01), jnp.float32(0.1))
-    reports = []
-    reported, _ = jax.jit(make_train(config, n_train, on_log=lambda block: reports.append(int(block))))(lane)
-    plain, _ = jax.jit(make_train(config, n_train))(lane)
-    jax.effects_barrier()
-    assert reports == list(range(1, 50, 2))  # the index of the last block of each report
-    for name in plain:
-        assert reported[name].shape == (52,)
-        np.testing.assert_allclose(reported[name], plain[name], rtol=1e-6, err_msg=name)
+    run = make_run(config, n_train)
+    state = jax.jit(run.start)(lane)
+    assert np.isnan(state.log["train_loss"]).all() and state.log["train_loss"].shape == (11,)
+    for first, blocks in [(0, 4), (4, 4), (8, 2)]:
+        state = jax.jit(run.advance, static_argnums=3)(lane, state, jnp.int32(first), blocks)
+    cut_log, cut_final = jax.jit(run.finish)(lane, state)
+    log, final = jax.jit(make_train(config, n_train))(lane)
+    for name in log:
+        np.testing.assert_array_equal(cut_log[name], log[name], err_msg=name)
+    for a, b in zip(jax.tree.leaves(cut_final), jax.tree.leaves(final)):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_only_long_chunks_report_progress_from_inside(tiny, monkeypatch):
-    calls = []
-    monkeypatch.setattr(execution, "_PROGRAMS", {})  # compile afresh, with the counting callback
-    monkeypatch.setattr(execution, "_on_log", lambda block: calls.append(int(block)))
-    run_sweep(tiny, progress=True, log=lambda s: None)  # estimated far below REPORT_SECONDS
-    jax.effects_barrier()
-    assert calls == []
-    monkeypatch.setattr(execution, "REPORT_SECONDS", 1e-12)  # every chunk "long": 25 reports asked for
-    run_sweep(tiny, progress=True, log=lambda s: None)
-    jax.effects_barrier()
-    n_logs = tiny.steps // tiny.log_every  # fewer than 25: a report after every logged block
-    assert sorted(set(calls)) == list(range(n_logs))
+def test_only_long_chunks_run_in_segments(tiny, monkeypatch):
+    assert layouts.segment_blocks("cpu", 2e12, 100) == 25 and layouts.segment_blocks("cpu", 1e11, 100) == 100
+    assert layouts.segment_blocks("cpu", 1e11, 100, every=4) == 4 and layouts.segment_blocks("gpu", 2e12, 100) == 100
+    logged = []
+    whole = run_sweep(tiny, progress=False, log=logged.append)  # estimated far below SEGMENT_SECONDS
+    assert not any("compiled advance" in line for line in logged)
+    monkeypatch.setattr(layouts, "SEGMENT_SECONDS", 1e-12)  # every chunk "long": one call per logged block
+    logged.clear()
+    cut = run_sweep(tiny, progress=False, log=logged.append)
+    assert any("advance of 1 logged blocks" in line for line in logged), logged
+    for name in ("train_loss", "test_acc", "weight_norm", "ipr_hidden", "params.U"):
+        np.testing.assert_array_equal(cut[name].values, whole[name].values, err_msg=name)
 
 
 def test_rate_zero_dropout_equals_no_dropout_program():
