@@ -20,9 +20,9 @@ weights did not collapse. Every comparison allows ``TOL`` (1e-6) of rounding,
 so exactly 90% counts as high. A run is **Diverged**, whatever its accuracies, if at
 any logged step its loss or weight norm became NaN/inf, or its train loss or weight
 norm exceeded ``DIVERGE_RATIO`` (10⁶) times its value at step 0: a loss that explodes
-without reaching inf (lr 1e4, wd 0: 4.5e27) has diverged as surely. A training run
-that learns never comes near: its loss falls from step 0, and its weight norm grows a
-few-fold at most.
+without reaching inf (lr 1e4, wd 0 on the tiny grid: 0.09 → 4.5e27) has diverged as
+surely. A training run that learns never comes near: its loss falls from step 0, and
+its weight norm grows a few-fold at most.
 """
 
 from __future__ import annotations
@@ -65,8 +65,9 @@ def classify(
       xi: corruption fraction of each run.
       peak_acc: the highest train or test accuracy at any logged step.
       norm_ratio: final weight norm / initial weight norm.
-      finite: whether the run stayed stable: every logged loss and weight norm finite
-        and within DIVERGE_RATIO of its step-0 value (see :func:`classify_log`).
+      finite: whether the run stayed stable: every logged loss and weight norm is
+        finite, and no logged train loss or weight norm exceeds ``DIVERGE_RATIO``
+        times its step-0 value (see :func:`classify_log`); False gives Diverged.
 
     Example:
       >>> int(classify(0.7, 0.99, 0.35, 1.0, 0.9, True))  # 0.70 ≥ 1.05 − 0.35

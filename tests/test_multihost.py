@@ -1,6 +1,7 @@
 """A sweep over two processes on 127.0.0.1 (jax.distributed, CPU collectives with
 gloo) writes the same store as one process; bad multi-host flags fail in one line."""
 
+import json
 import os
 import socket
 import subprocess
@@ -14,8 +15,8 @@ from grok_jax import plan as planning
 from grok_jax import results
 from grok_jax.config import load_config
 
-# 16 lanes, one per device per chunk: each process (2 devices) trains every other
-# block of 2 lanes; the second compile... none: the tiny grid has one compile group.
+# 16 lanes, one per device: each process (2 devices) trains every other block of 2
+# lanes (a store chunk), 4 chunks of 2 lanes, each in two segments of 20 steps.
 ARGS = ["-m", "grok_jax.sweep", "--grid=tiny", "--config.sweep.seed=(0,1,2,3)", "--config.steps=40",
         "--lanes_per_device=1", "--checkpoint_steps=20"]
 
@@ -47,7 +48,7 @@ def test_two_processes_write_the_store_of_one(tmp_path):
     a, b = results.load_results(tmp_path / "one"), results.load_results(tmp_path / "two")
     assert bool(b.done.all())
     assert_same_results(b, a)
-    runs = __import__("json").loads(b.attrs["runs"])
+    runs = json.loads(b.attrs["runs"])
     assert runs[0]["process_count"] == 2 and runs[0]["devices"] == 4 and runs[0]["local_devices"] == 2
 
 
