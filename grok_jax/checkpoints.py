@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
 
 SUFFIX = ".inflight"  # .<store name><SUFFIX> beside the store
 
@@ -39,6 +41,8 @@ def directory(store: str, process: int) -> str:
 
 
 def _manager(path: str) -> ocp.CheckpointManager:
+    import orbax.checkpoint as ocp  # imported where used: half a second off every start-up
+
     options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=False)
     return ocp.CheckpointManager(os.path.abspath(path), options=options)
 
@@ -47,6 +51,7 @@ def save(path: str, chunk: dict, block: int, state: Any) -> None:
     """Saves ``state`` (a pytree of arrays) of ``chunk`` (a JSON-able description)
     before logged block ``block``, replacing the previous checkpoint (which a new
     chunk's first one replaces only once the chunk before it is committed)."""
+    import orbax.checkpoint as ocp
     os.makedirs(path, exist_ok=True)
     leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(jax.device_get(state)))}
     with _manager(path) as manager:
@@ -62,6 +67,7 @@ def save(path: str, chunk: dict, block: int, state: Any) -> None:
 def restore(path: str, chunk: dict, like: Any) -> tuple[int, Any] | None:
     """``(block, state)`` of the checkpoint at ``path`` if it is one of ``chunk``,
     with the structure of ``like`` (NumPy leaves); else ``None``."""
+    import orbax.checkpoint as ocp
     if not os.path.isdir(path):
         return None
     with _manager(path) as manager:

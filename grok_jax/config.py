@@ -24,11 +24,26 @@ TRACED_AXES = ("seed", "xi", "wd", "alpha", "dropout", "lr")
 STATIC_AXES = ("model", "task", "p", "width", "activation", "loss", "batch_size", "parameterization")
 SWEEPABLE = TRACED_AXES + STATIC_AXES
 SCALES = ("small", "paper")
+# The paper's training settings of each architecture (§2.2, Fig. 7) where they differ
+# from the two-layer MLP's, per scale: base_config(scale, model) starts from them, and
+# the command line applies them when --config.model names another model than the grid's
+# (to the fields the grid left at their defaults; see switch_model).
+MODEL_DEFAULTS = {
+    "mlp3": {"small": {}, "paper": {"steps": 5000}},
+    "transformer": {"small": {"width": 32, "lr": 0.002, "steps": 1500},
+                    "paper": {"width": 128, "lr": 0.001, "steps": 3000}},
+}
 
 
-def base_config(scale: str = "small") -> ml_collections.ConfigDict:
+def base_config(scale: str = "small", model: str = "mlp2") -> ml_collections.ConfigDict:
     """Settings of PAPER.md §1-3; ``scale='small'`` shrinks p, width and steps so a
-    grid finishes in minutes on a laptop CPU, ``'paper'`` is the paper's scale."""
+    grid finishes in minutes on a laptop CPU, ``'paper'`` is the paper's scale.
+    ``model`` takes that architecture's own settings (:data:`MODEL_DEFAULTS`).
+
+    Example:
+      >>> c = base_config("paper", model="transformer")
+      >>> c.width, c.lr, c.steps                           # (128, 0.001, 3000)
+    """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
     paper = scale == "paper"
@@ -74,7 +89,37 @@ def base_config(scale: str = "small") -> ml_collections.ConfigDict:
     # group's largest. Each group costs a compilation (seconds), worth it at paper scale.
     c.compile_groups = 8 if paper else 1
     c.plot = ml_collections.ConfigDict({"x": "xi", "y": "wd"})  # heatmap axes
+    c.update(model_defaults(model, scale))
+    c.model = model
     return c
+
+
+def model_defaults(model: str, scale: str) -> dict:
+    """The settings ``model`` trains with at ``scale`` where they differ from the
+    two-layer MLP's: none for a model registered without an entry in
+    :data:`MODEL_DEFAULTS`; a ``ConfigError`` names an unknown model."""
+    if model not in MODELS:
+        raise ConfigError(f"model={model!r} is not valid; valid: {', '.join(MODELS)}")
+    return dict(MODEL_DEFAULTS.get(model, {}).get(scale, {}))
+
+
+def switch_model(config: ml_collections.ConfigDict, grid: ml_collections.ConfigDict, scale: str,
+                 given: set[str]) -> dict:
+    """Gives ``config``, the config of grid ``grid`` with ``config.model`` changed,
+    that model's settings (:func:`model_defaults`) in the fields ``grid`` left at
+    its own model's defaults, that are not swept and not in ``given`` (set by the
+    user); returns the fields it set.
+
+    Example:
+      >>> config = load_config("wd_xi"); config.model = "transformer"
+      >>> switch_model(config, load_config("wd_xi"), "small", given={"steps"})
+      {'width': 32, 'lr': 0.002}
+    """
+    grid_defaults = base_config(scale, grid.model)
+    changed = {name: value for name, value in model_defaults(config.model, scale).items()
+               if name not in given and name not in config.sweep and grid[name] == grid_defaults[name]}
+    config.update(changed)
+    return changed
 
 
 # Python types of the fields (a float field takes an int too; bool is no number).

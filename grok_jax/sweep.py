@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from grok_jax import config as cfg
-from grok_jax import layouts, plotting, results
+from grok_jax import layouts, results
 from grok_jax.errors import PREEMPTED_STATUS, ConfigError, Preempted, StoreWriteError
 from grok_jax.execution import (CHECKPOINT_MINUTES, check_checkpointing, default_cache_dir, run_sweep,
                                 use_compilation_cache)
@@ -91,6 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     if rest:
         _fail(ConfigError(f"unexpected arguments {rest}; use --flag=value"))
     _check_overrides(config.value, grid_config)
+    changed = {}
+    if config.value.model != grid_config.model:  # the grid's settings, for another model
+        try:
+            changed = cfg.switch_model(config.value, grid_config, scale.value, given_fields(argv))
+        except ConfigError as e:
+            _fail(e)
     std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
     name = os.path.splitext(os.path.basename(grid.value))[0]
     target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))
@@ -103,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
         check_checkpointing(config.value, every.value, minutes.value)
     except ConfigError as e:
         _fail(e)
+    if changed:
+        print(f"model={config.value.model}: its own settings {', '.join(f'{k}={v}' for k, v in changed.items())} "
+              "(set them with --config.FIELD=VALUE)")
     layouts.use_cpu_cores()  # before anything runs JAX
     _start_distributed(distributed.value, coordinator.value, n_processes.value, process_id.value)
     if cache.value:
@@ -121,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
                        accelerator_layout=accelerator.value)
         if jax.process_index():  # process 0 shows and draws the results
             return
+        from grok_jax import plotting  # matplotlib: imported only to draw (a second less to start)
+
         print(plotting.phase_table(ds))
         fallback = plotting.plot_fallback(ds)
         if fallback:
@@ -162,6 +173,12 @@ def _start_distributed(auto: bool, address: str | None, count: int | None, index
             jax.distributed.initialize()
     except (RuntimeError, ValueError) as e:
         _fail(ConfigError(f"jax.distributed.initialize failed: {e}"))
+
+
+def given_fields(argv: list[str]) -> set[str]:
+    """The config fields a command line sets (``--config.lr=0.1``, ``-config.lr 0.1``)."""
+    flags_ = (arg.lstrip("-").split("=")[0] for arg in argv if arg.startswith("-"))
+    return {name[len("config."):] for name in flags_ if name.startswith("config.")}
 
 
 def _check_overrides(config: ml_collections.ConfigDict, grid_config: ml_collections.ConfigDict) -> None:

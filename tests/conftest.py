@@ -10,14 +10,17 @@ sys.path.insert(0, os.path.dirname(__file__))  # for numpy_reference
 # The command lines the tests start keep their compilation cache in a directory of
 # this session, not the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="grok_jax_test_cache_")
-# The tests' programs are tiny and short: compiling them (XLA's backend optimizations)
-# takes longer than running them, in this process and in the command lines it starts.
-# XLA's default level is kept where XLA_FLAGS names one, and with GROK_JAX_TEST_XLA_DEFAULT=1
+# The tests' programs are tiny and short: compiling them takes longer than running them,
+# in this process and in the command lines it starts. So they compile at XLA's lowest
+# backend optimization level and with the older CPU fusion code generator (a tiny grid's
+# program: 2.1-2.5 s instead of 3.3-3.7 s; the numbers are the same up to rounding).
+# XLA's defaults are kept where XLA_FLAGS names a level, and with GROK_JAX_TEST_XLA_DEFAULT=1
 # (test_reference.py: its 1000-step trajectories are compared with numbers computed at
 # the default level, and a last-bit change of the initial draws grows chaotically).
 XLA_DEFAULT = os.environ.get("GROK_JAX_TEST_XLA_DEFAULT") == "1"
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if not XLA_DEFAULT and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 import jax  # noqa: E402
 

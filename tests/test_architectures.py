@@ -199,3 +199,27 @@ def test_the_transformer_learns_modular_addition():
     ds = run_sweep(config, **QUIET)
     assert float(ds.test_acc.isel(step=-1)) >= 0.95, ds.test_acc.values
     assert float(ds.test_acc.isel(step=0)) < 0.2
+
+
+def test_each_model_starts_from_its_papers_settings():
+    """base_config(scale, model) and the command line's --config.model: the model's own
+    lr, steps and width, except where the grid or the user set them."""
+    from grok_jax.config import load_config, switch_model
+    from grok_jax.sweep import given_fields
+
+    paper = base_config("paper", model="transformer")
+    assert (paper.model, paper.width, paper.lr, paper.steps, paper.p) == ("transformer", 128, 0.001, 3000, 97)
+    assert (base_config("paper", model="mlp3").steps, base_config("paper").steps, base_config().lr) == (5000, 2000, 0.01)
+    argv = ["--grid=wd_xi", "--config.steps=500", "-config.sweep.xi=(0.0,)", "--config.model", "transformer"]
+    assert given_fields(argv) == {"steps", "sweep.xi", "model"}
+    config = load_config("wd_xi")
+    config.model, config.steps = "transformer", 500
+    assert switch_model(config, load_config("wd_xi"), "small", given_fields(argv)) == {"width": 32, "lr": 0.002}
+    assert (config.width, config.lr, config.steps) == (32, 0.002, 500)
+    tiny = load_config("tiny")  # sets its own width and steps: only lr is the model's
+    tiny.model = "transformer"
+    assert switch_model(tiny, load_config("tiny"), "small", set()) == {"lr": 0.002}
+    tiny.model, tiny.sweep.lr = "transformer", (0.01, 0.02)  # a swept lr stays swept
+    assert switch_model(tiny, load_config("tiny"), "small", set()) == {}
+    with pytest.raises(ConfigError, match="model='cnn' is not valid; valid: mlp2, mlp3, transformer"):
+        base_config(model="cnn")

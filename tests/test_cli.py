@@ -19,11 +19,22 @@ def _run(*args, env=None):
                           text=True, timeout=300, env=env)
 
 
-def test_end_to_end_and_resume(tmp_path):
+def _main(capsys, *args):
+    """``sweep.main`` in this process (no compilation cache): (exit status, stdout, stderr)."""
+    try:
+        sweep.main([*args, "--compilation_cache="])
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "run"
-    proc = _run("--grid=tiny", f"--out={out}", "--config.steps=40")
-    assert proc.returncode == 0, proc.stderr
-    assert "8 lanes" in proc.stdout and "wd \\ xi" in proc.stdout
+    status, stdout, stderr = _main(capsys, "--grid=tiny", f"--out={out}", "--config.steps=40")
+    assert status == 0, stderr
+    assert "8 lanes" in stdout and "wd \\ xi" in stdout
     for name in ("phase_diagram.png", "test_acc.png", "train_acc.png"):
         assert (out / name).stat().st_size > 10_000
     ds = grok_jax.load_results(out)
@@ -38,20 +49,21 @@ def test_end_to_end_and_resume(tmp_path):
     # Same config again: everything is done already, nothing is recomputed or lost
     # (compile groups change only the padding: not another config).
     before = ds.train_loss.values.copy()
-    again = _run("--grid=tiny", f"--out={out}", "--config.steps=40", "--config.compile_groups=3")
-    assert again.returncode == 0, again.stderr
-    assert "8 lanes already done" in again.stdout
+    status, stdout, stderr = _main(capsys, "--grid=tiny", f"--out={out}", "--config.steps=40",
+                                   "--config.compile_groups=3")
+    assert status == 0, stderr
+    assert "8 lanes already done" in stdout
     np.testing.assert_array_equal(grok_jax.load_results(out).train_loss.values, before)
 
     # Another config into the same store: refused, store untouched.
-    other = _run("--grid=tiny", f"--out={out}", "--config.steps=60")
-    assert other.returncode == 2 and "steps=40" in other.stderr.replace("'", "") and "--overwrite" in other.stderr
+    status, _, stderr = _main(capsys, "--grid=tiny", f"--out={out}", "--config.steps=60")
+    assert status == 2 and "steps=40" in stderr.replace("'", "") and "--overwrite" in stderr
     np.testing.assert_array_equal(grok_jax.load_results(out).train_loss.values, before)
 
     # Replaced on request: the new config's results, nothing of the old store left beside it.
-    replaced = _run("--grid=tiny", f"--out={out}", "--config.steps=60", "--overwrite")
-    assert replaced.returncode == 0, replaced.stderr
-    assert f"replacing {out / 'results.zarr'} (--overwrite)" in replaced.stdout
+    status, stdout, stderr = _main(capsys, "--grid=tiny", f"--out={out}", "--config.steps=60", "--overwrite")
+    assert status == 0, stderr
+    assert f"replacing {out / 'results.zarr'} (--overwrite)" in stdout
     new = grok_jax.load_results(out)
     assert json.loads(new.attrs["config"])["steps"] == 60 and list(new.step.values) == [0, 20, 40, 60]
     np.testing.assert_allclose(new.train_loss.values[..., :3], before, rtol=1e-5)  # same first steps
@@ -95,6 +107,7 @@ BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["--config.plot.z=wd"], "unknown config field 'plot.z'", 2),
     (["--config.plot.x=wdd"], "plot.x='wdd' is not a heatmap axis", 2),
     (["--config.sweep.steps=(20,40)"], "cannot sweep 'steps'", 2),
+    (["--config.model=cnn"], "model='cnn' is not valid; valid: mlp2, mlp3, transformer", 2),
     (["--config.sweep.model=('mlp2','mlp9')"], "model='mlp9' is not valid; valid: mlp2", 2),
     (["--config.batch_size=-1"], "batch_size=-1 must be >= 0", 2),
     (["--config.batchnorm=True", "--config.batch_size=1"],
@@ -169,16 +182,16 @@ def test_bad_input_in_a_process_has_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_sharded_over_two_devices_matches_one(tmp_path):
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
-    two = _run("--grid=tiny", f"--out={tmp_path / 'two'}", "--config.steps=20", env=env)
-    assert two.returncode == 0, two.stderr
-    assert "on 2 cpu device(s)" in two.stdout
-    one = _run("--grid=tiny", f"--out={tmp_path / 'one'}", "--config.steps=20",
-               env=dict(os.environ,
-                        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=1"))
-    assert one.returncode == 0, one.stderr
-    assert "on 1 cpu device(s)" in one.stdout
-    a, b = grok_jax.load_results(tmp_path / "two"), grok_jax.load_results(tmp_path / "one")
+def test_sharded_over_four_devices_matches_one(tmp_path):
+    """The tiny grid's 8 lanes: one chunk over 4 forced host devices, two chunks on one."""
+    def run(devices, chunks):
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        proc = _run("--grid=tiny", f"--out={tmp_path / str(devices)}", "--config.steps=20",
+                    env=dict(os.environ, XLA_FLAGS=flags))
+        assert proc.returncode == 0, proc.stderr
+        assert f"{chunks} chunk(s) of {8 // chunks} lanes on {devices} cpu device(s)" in proc.stdout, proc.stdout
+        return grok_jax.load_results(tmp_path / str(devices))
+
+    a, b = run(4, chunks=1), run(1, chunks=2)
     for name in ("train_loss", "test_acc", "ipr_hidden"):
         np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-5, err_msg=name)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import reference
-from conftest import XLA_DEFAULT
+from conftest import FAST_COMPILE, XLA_DEFAULT
 
 from grok_jax import phases
 from grok_jax.execution import run_sweep
@@ -34,7 +34,7 @@ at_default_level = pytest.mark.skipif(not XLA_DEFAULT, reason="run by test_traje
 
 def test_trajectories_at_xla_default_level():
     env = {**os.environ, "GROK_JAX_TEST_XLA_DEFAULT": "1",
-           "XLA_FLAGS": os.environ["XLA_FLAGS"].replace("--xla_backend_optimization_level=0", "").strip()}
+           "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(FAST_COMPILE, "").strip()}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", __file__, "-k",
                            "numpy_reference_computes or sweep_matches"], capture_output=True, text=True,
                           timeout=900, env=env, cwd=os.path.dirname(__file__))
