@@ -52,13 +52,12 @@ def save(path: str, chunk: dict, block: int, state: Any) -> None:
     before logged block ``block``, replacing the previous checkpoint (which a new
     chunk's first one replaces only once the chunk before it is committed)."""
     import orbax.checkpoint as ocp
+
     os.makedirs(path, exist_ok=True)
     leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(jax.device_get(state)))}
     with _manager(path) as manager:
         if (manager.latest_step() or 0) >= block:  # an earlier chunk's: steps only grow within a chunk
-            clear(path)
-            os.makedirs(path)
-    with _manager(path) as manager:
+            manager.delete(manager.latest_step())
         manager.save(block, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
                                                    chunk=ocp.args.JsonSave(chunk)), force=True)
         manager.wait_until_finished()
@@ -68,6 +67,7 @@ def restore(path: str, chunk: dict, like: Any) -> tuple[int, Any] | None:
     """``(block, state)`` of the checkpoint at ``path`` if it is one of ``chunk``,
     with the structure of ``like`` (NumPy leaves); else ``None``."""
     import orbax.checkpoint as ocp
+
     if not os.path.isdir(path):
         return None
     with _manager(path) as manager:

@@ -247,7 +247,7 @@ def run_sweep(
         mesh = make_mesh(plan, devices)
         layouts_ = _group_layouts(plan, mesh, rules, every)
         run = _Run(config, plan, mesh, layouts_, rules, progress, log)
-        return run.sweep(config_json, None, np.zeros(plan.n_lanes, bool))
+        return run.sweep(config_json, np.zeros(plan.n_lanes, bool))
     path = results.store_path(out)
     processes, me = jax.process_count(), jax.process_index()
     n_mins = {(c.group, c.n_max): plan.n_min(c) for c in plan.chunks}  # of the whole grid's compile groups
@@ -262,7 +262,7 @@ def run_sweep(
                                                         devices, rules, log)
         run = _Run(config, plan, make_mesh(plan, devices), layouts_, rules, progress, log, path, checkpoint_minutes,
                    every > 0, n_mins)
-        run.sweep(config_json, path, done)
+        run.sweep(config_json, done)
         if processes > 1:  # every process's lanes are committed
             multihost_utils.sync_global_devices("grok_jax: sweep finished")
     return results.load_results(path, parameters)
@@ -429,9 +429,9 @@ class _Run:
         self.n_mins = n_mins or {(c.group, c.n_max): plan.n_min(c) for c in plan.chunks}
         self.done = np.zeros(plan.n_lanes, bool)
 
-    def sweep(self, config_json: str, path: str | None, done: np.ndarray):
-        """Runs the lanes not ``done``: into the store at ``path``, or, without one,
-        returns the results."""
+    def sweep(self, config_json: str, done: np.ndarray):
+        """Runs the lanes not ``done``: into the store at ``self.path``, or, without
+        one, returns the results."""
         config, plan = self.config, self.plan
         self.done = done
         _print_plan(config, plan, list(self.mesh.devices.flat), done, self.log)
@@ -443,7 +443,7 @@ class _Run:
             self.bar.close()
         if self.inflight:
             checkpoints.clear(self.inflight)  # (a stale one, e.g. of a chunk finished by another run)
-        if path:
+        if self.path:
             return None
         record = _layout_record(self.layouts, self.mesh.devices.flat[0].platform, self.rules)
         flat = _empty_results(config, config_json, plan, record)

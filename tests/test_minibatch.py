@@ -46,10 +46,6 @@ def _config(**overrides):
 
 
 _PROGRAMS: dict = {}
-# The runs alone are compiled with LLVM at -O0 (the same HLO, XLA's fusions and all):
-# 3-4 s instead of 5-8 s a program, 9 s less for the file. Their logged metrics differ from
-# the default compilation's by ~2e-7 relative (rounding); the sweep's program is the default one.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def _program(config, n_max: int):
@@ -60,7 +56,7 @@ def _program(config, n_max: int):
     static.use_dropout = True
     static = ml_collections.FrozenConfigDict(static)
     if (static, n_max) not in _PROGRAMS:
-        _PROGRAMS[static, n_max] = jax.jit(make_train(static, n_max), compiler_options=_FAST_COMPILE)
+        _PROGRAMS[static, n_max] = jax.jit(make_train(static, n_max))
     return _PROGRAMS[static, n_max]
 
 
