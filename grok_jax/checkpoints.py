@@ -12,17 +12,24 @@ previous one or the new one, never half of one. A checkpoint names its chunk (it
 lanes, compile group, layout and config): one that is not the chunk about to run
 is ignored and replaced.
 
-Single-process runs only, for now: orbax writes host-local NumPy state from process 0
-alone and refuses host-local device arrays in a multi-host job, so a sweep over
-several processes runs its chunks without in-flight checkpoints (finished chunks are
-committed to the store as always).
+With several processes (``jax.distributed``) each process trains chunks of its own
+on its local devices, so its state is host-local. orbax's array handlers save only
+global arrays (or NumPy arrays from process 0) in a multi-process job, so the state
+is written by ``HostStateHandler``, a small orbax checkpoint handler for one
+process's NumPy arrays, under an orbax checkpoint manager whose only process is this
+one (its barriers and renames involve no other process). Single-process runs take
+the same path, so the suite tests it either way.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import shutil
+import warnings
+import zipfile
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -32,6 +39,7 @@ if TYPE_CHECKING:
     import orbax.checkpoint as ocp
 
 SUFFIX = ".inflight"  # .<store name><SUFFIX> beside the store
+_ARRAYS, _CHUNK = "arrays.npz", "chunk.json"
 
 
 def directory(store: str, process: int) -> str:
@@ -40,10 +48,63 @@ def directory(store: str, process: int) -> str:
     return os.path.join(parent, f".{name}{SUFFIX}", f"process-{process}")
 
 
-def _manager(path: str) -> ocp.CheckpointManager:
-    import orbax.checkpoint as ocp  # imported where used: half a second off every start-up
+@functools.cache
+def _orbax_args() -> tuple[type, type]:
+    """``(HostStateSave, HostStateRestore)``: orbax's checkpoint args of
+    :class:`HostStateHandler`, defined on first use (orbax is imported only by runs
+    that checkpoint: half a second off every start-up)."""
+    import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=False)
+    class HostStateHandler(ocp.CheckpointHandler):
+        """Saves one process's NumPy arrays (``.npz``, no pickle) and the JSON
+        description of their chunk; orbax's manager makes the directory, renames it
+        into place once written and keeps the latest."""
+
+        def save(self, directory: os.PathLike, args: HostStateSave) -> None:
+            for name, write in ((_ARRAYS, lambda f: np.savez(f, **args.arrays)),
+                                (_CHUNK, lambda f: f.write(json.dumps(args.chunk, sort_keys=True).encode()))):
+                with open(os.path.join(directory, name), "wb") as f:
+                    write(f)
+                    f.flush()
+                    os.fsync(f.fileno())  # on disk before orbax renames the checkpoint into place
+
+        def restore(self, directory: os.PathLike, args: HostStateRestore) -> dict[str, np.ndarray] | None:
+            """The arrays, or ``None`` when they are of another chunk than ``args.chunk``
+            (or in the format of an earlier version, without ``chunk.json``)."""
+            if not os.path.exists(os.path.join(directory, _CHUNK)):
+                return None
+            with open(os.path.join(directory, _CHUNK)) as f:
+                if json.dumps(json.load(f), sort_keys=True) != json.dumps(args.chunk, sort_keys=True):
+                    return None
+            with np.load(os.path.join(directory, _ARRAYS), allow_pickle=False) as saved:
+                return {name: saved[name] for name in saved.files}
+
+    @ocp.args.register_with_handler(HostStateHandler, for_save=True)
+    @dataclasses.dataclass
+    class HostStateSave(ocp.args.CheckpointArgs):
+        arrays: dict[str, np.ndarray]
+        chunk: dict
+
+    @ocp.args.register_with_handler(HostStateHandler, for_restore=True)
+    @dataclasses.dataclass
+    class HostStateRestore(ocp.args.CheckpointArgs):
+        chunk: dict
+
+    return HostStateSave, HostStateRestore
+
+
+def _manager(path: str) -> ocp.CheckpointManager:
+    """orbax's manager of the checkpoint at ``path``, for this process alone (its
+    barriers and directory operations involve no other process). Saves stay
+    synchronous: orbax's asynchronous saves signal through the coordination service
+    under keys that would not be this process's alone."""
+    import orbax.checkpoint as ocp
+
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me},
+                                               barrier_sync_key_prefix=f"inflight-{me}")
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False, create=False,
+                                           multiprocessing_options=alone)
     return ocp.CheckpointManager(os.path.abspath(path), options=options)
 
 
@@ -53,43 +114,63 @@ def save(path: str, chunk: dict, block: int, state: Any) -> None:
     chunk's first one replaces only once the chunk before it is committed)."""
     import orbax.checkpoint as ocp
 
+    save_args, _ = _orbax_args()
     os.makedirs(path, exist_ok=True)
-    leaves = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(jax.device_get(state)))}
+    arrays = {str(i): np.asarray(leaf) for i, leaf in enumerate(jax.tree.leaves(jax.device_get(state)))}
     with _manager(path) as manager:
         if (manager.latest_step() or 0) >= block:  # an earlier chunk's: steps only grow within a chunk
             manager.delete(manager.latest_step())
-        manager.save(block, args=ocp.args.Composite(state=ocp.args.StandardSave(leaves),
-                                                   chunk=ocp.args.JsonSave(chunk)), force=True)
+        manager.save(block, args=ocp.args.Composite(state=save_args(arrays, chunk)), force=True)
         manager.wait_until_finished()
 
 
 def restore(path: str, chunk: dict, like: Any) -> tuple[int, Any] | None:
     """``(block, state)`` of the checkpoint at ``path`` if it is one of ``chunk``,
-    with the structure of ``like`` (NumPy leaves); else ``None``."""
+    with the structure of ``like`` (its leaves' shapes and dtypes checked); else ``None``."""
     import orbax.checkpoint as ocp
 
+    _, restore_args = _orbax_args()
     if not os.path.isdir(path):
         return None
     with _manager(path) as manager:
         block = manager.latest_step()
         if block is None:
             return None
-        saved = manager.restore(block, args=ocp.args.Composite(chunk=ocp.args.JsonRestore()))["chunk"]
-        if json.dumps(saved, sort_keys=True) != json.dumps(chunk, sort_keys=True):
+        try:
+            arrays = manager.restore(block, args=ocp.args.Composite(state=restore_args(chunk)))["state"]
+        except (OSError, ValueError, zipfile.BadZipFile) as e:  # damaged (e.g. a power cut): start the chunk over
+            warnings.warn(f"ignoring the unreadable checkpoint {path}/{block}: {e}", stacklevel=2)
             return None
-        leaves, treedef = jax.tree.flatten(like)
-        target = {str(i): np.zeros(leaf.shape, leaf.dtype) for i, leaf in enumerate(leaves)}
-        state = manager.restore(block, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    return block, jax.tree.unflatten(treedef, [state[str(i)] for i in range(len(leaves))])
+    leaves, treedef = jax.tree.flatten(like)
+    if arrays is None or sorted(arrays) != sorted(map(str, range(len(leaves)))):
+        return None
+    state = [arrays[str(i)] for i in range(len(leaves))]
+    for saved, leaf in zip(state, leaves):
+        if saved.shape != tuple(leaf.shape) or saved.dtype != leaf.dtype:
+            return None  # cannot happen for the same chunk key; never feed a program wrong shapes
+    return block, jax.tree.unflatten(treedef, state)
 
 
 def clear(path: str) -> None:
-    """Removes the checkpoint at ``path`` (its chunk is committed to the store), and
-    the directory of checkpoints once no process has one."""
+    """Removes the checkpoint at ``path`` (its chunk is committed to the store)."""
     shutil.rmtree(path, ignore_errors=True)
+
+
+def clear_beyond(store: str, count: int) -> None:
+    """Removes the checkpoints of processes ``count`` and up (of a run with more
+    processes: this one deals the lanes otherwise, and would never replace them)."""
+    parent = os.path.dirname(directory(store, 0))
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        if name.startswith("process-") and name[8:].isdigit() and int(name[8:]) >= count:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
+def remove_directory(store: str) -> None:
+    """Removes the directory of checkpoints of ``store`` once no process has one
+    (process 0, after every process has ended)."""
     try:
-        os.rmdir(os.path.dirname(path))
-    except OSError:  # another process's checkpoint is there, or it is gone already
+        os.rmdir(os.path.dirname(directory(store, 0)))
+    except OSError:  # a process's checkpoint is there, or there is none
         pass
 
 

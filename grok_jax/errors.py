@@ -1,5 +1,6 @@
 """Errors the command line reports in one line: bad input (status 2), a store it
-could not write (status 1), a run stopped by SIGTERM (status 75)."""
+could not write or another process that failed (status 1), a run stopped by SIGTERM
+(status 75)."""
 
 
 class ConfigError(ValueError):
@@ -19,9 +20,15 @@ class StoreWriteError(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """The run got SIGTERM (a preemptible VM or SLURM stopping it) and stopped at the
-    next safe point, its in-flight chunk checkpointed; running the same command
-    again resumes it. The command line exits with :data:`PREEMPTED_STATUS`."""
+    """The run got SIGTERM (a preemptible VM or SLURM stopping it), or another process
+    of a multi-host sweep did, and stopped at the next safe point, its in-flight
+    chunk checkpointed; running the same command again resumes it. The command line
+    exits with :data:`PREEMPTED_STATUS`."""
+
+
+class PeerFailed(RuntimeError):
+    """Another process of a multi-host sweep failed (its own message says why); this
+    process's lanes are committed. The command line exits with status 1."""
 
 
 PREEMPTED_STATUS = 75  # EX_TEMPFAIL of sysexits.h: "try again later"

@@ -7,13 +7,15 @@ shapes, and trains the chunks one after another while the host stores the last
 (:mod:`grok_jax.results`). A long chunk runs in segments (``start``, ``advance``,
 ``finish`` of :func:`grok_jax.train.make_run`), checkpointed between them
 (:mod:`grok_jax.checkpoints`) and stopped there by SIGTERM. With several processes
-(``jax.distributed``) each trains its own blocks of lanes into the shared store.
+(``jax.distributed``) each trains its own blocks of lanes into the shared store, and
+a SIGTERM or failure of one stops them all (:class:`_Peers`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import signal
@@ -31,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from grok_jax import config as cfg
 from grok_jax import checkpoints, layouts, metrics, phases, results
-from grok_jax.errors import ConfigError, Preempted, StoreWriteError
+from grok_jax.errors import ConfigError, PeerFailed, Preempted, StoreWriteError
 from grok_jax.models import final_specs, flat_variables, get_model
 from grok_jax.plan import Chunk, Plan, flops_per_lane, make_plan, process_chunks
 from grok_jax.train import Lane, make_run, make_train
@@ -230,7 +232,9 @@ def run_sweep(
     ``checkpoint_steps`` (then the segment length; a multiple of ``log_every``),
     and restored when the same sweep runs again. On SIGTERM (in the main thread)
     the sweep checkpoints at the next boundary, or finishes a short chunk, and
-    raises :class:`~grok_jax.errors.Preempted`.
+    raises :class:`~grok_jax.errors.Preempted`. With several processes, each
+    checkpoints its own chunk, a SIGTERM or failure of any stops every one, and none
+    returns before all have ended (:class:`~grok_jax.errors.PeerFailed` if one failed).
 
     Example:
       >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi")
@@ -256,15 +260,21 @@ def run_sweep(
             return _open_store(config, config_json, path, plan, memory_gb, devices, rules, every, overwrite, log)
 
         if processes == 1:
-            plan, layouts_, done = setup()
+            (plan, layouts_, done), run_id = setup(), 0
         else:
-            plan, layouts_, done = _open_store_together(setup, config, config_json, path, plan, memory_gb,
-                                                        devices, rules, log)
+            plan, layouts_, done, run_id = _open_store_together(setup, config, config_json, path, plan, memory_gb,
+                                                                devices, rules, log)
+        peers = _Peers(run_id)
         run = _Run(config, plan, make_mesh(plan, devices), layouts_, rules, progress, log, path, checkpoint_minutes,
-                   every > 0, n_mins)
-        run.sweep(config_json, done)
-        if processes > 1:  # every process's lanes are committed
-            multihost_utils.sync_global_devices("grok_jax: sweep finished")
+                   every > 0, n_mins, peers)
+        try:
+            run.sweep(config_json, done)
+        except BaseException as e:
+            peers.stopped(e, path)
+            raise
+        peers.finished(path)  # every process's lanes are committed
+        if me == 0:
+            checkpoints.remove_directory(path)
     return results.load_results(path, parameters)
 
 
@@ -291,27 +301,30 @@ def _open_store(config: Any, config_json: str, path: str, plan: Plan, memory_gb:
 
 def _open_store_together(setup: Callable[[], tuple], config: Any, config_json: str, path: str, plan: Plan,
                          memory_gb: float, devices: list, rules: str, log: Callable[[str], None]
-                         ) -> tuple[Plan, dict, np.ndarray]:
+                         ) -> tuple[Plan, dict, np.ndarray, int]:
     """Several processes (``jax.distributed``): process 0 creates or resumes the store
     (:func:`_open_store`) while the others wait; then each takes the plan and layouts
-    recorded in it, and its own share of the lanes (:func:`grok_jax.plan.process_chunks`)."""
-    me, error = jax.process_index(), None
+    recorded in it, and its own share of the lanes (:func:`grok_jax.plan.process_chunks`).
+    Also returns the run's id, process 0's (the keys of :class:`_Peers`)."""
+    me, error, run_id = jax.process_index(), None, 0
     if me == 0:
         try:
             setup()
+            checkpoints.clear_beyond(path, jax.process_count())  # of a run with more processes
+            run_id = 1 + int.from_bytes(os.urandom(3), "little")  # 0: the store could not be opened
         except (ConfigError, StoreWriteError) as e:
             error = e
-    ok = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    run_id = int(multihost_utils.broadcast_one_to_all(np.int32(run_id)))
     if error is not None:
         raise error
-    if not ok:
+    if not run_id:
         raise ConfigError(f"process 0 could not open {path}; see its error")
     existing = results.open_to_resume(path, config_json, RESUMABLE, defaults=cfg.base_config().to_dict())
     quiet = log if me == 0 else (lambda line: None)  # process 0 said it already
     plan, layouts_ = _resume_plan(config, memory_gb, devices, results.stored_layout(existing), plan, rules, quiet)
     per_device = {k: layout.lanes_per_device for k, layout in layouts_.items()}
     mine = process_chunks(plan, per_device, results.lane_chunk(path), me, jax.process_count())
-    return plan._replace(chunks=mine), layouts_, results.committed(existing)
+    return plan._replace(chunks=mine), layouts_, results.committed(existing), run_id
 
 
 def check_checkpointing(config: Any, steps: int, minutes: float) -> int:
@@ -410,24 +423,113 @@ def _sigterm_stops() -> Iterator[None]:
         _Stop.requested = False
 
 
+class _Peers:
+    """The processes of a sweep (``jax.distributed``), telling each other of a stop
+    and of their end through the key-value store of JAX's coordination service. A
+    SIGTERM or a failure of any process stops every process at its next safe point
+    (each with its own checkpoint), and none returns before all have ended. With one
+    process (``run_id`` None), only its own SIGTERM. (JAX has no public API for the
+    store; orbax reaches it the same way.)"""
+
+    POLL_SECONDS = 1.0  # how often a process that is done asks whether the others are
+
+    def __init__(self, run_id: int | None = None) -> None:
+        self.count = jax.process_count() if run_id is not None else 1
+        self.me = jax.process_index()
+        self.prefix = f"grok_jax/{run_id}/"  # a run's own keys: run_id is process 0's, broadcast
+        self.stopped_by: int | None = None  # the process whose stop stops this one
+        self.reason = ""  # what stopped it: "SIGTERM", "a failure", "Ctrl-C"
+        if self.count > 1 and self._client() is None:
+            raise ConfigError("several JAX processes but no jax.distributed client: start them with "
+                              "--coordinator_address, --num_processes and --process_id, or --distributed")
+
+    @staticmethod
+    def _client() -> Any:
+        return jax._src.distributed.global_state.client
+
+    def _entries(self, kind: str) -> dict[int, str]:
+        found = self._client().key_value_dir_get(self.prefix + kind + "/")
+        return {int(key.rsplit("/", 1)[1]): value for key, value in found}
+
+    def _announce(self, reason: str) -> None:
+        self.stopped_by, self.reason = self.me, reason
+        if self.count > 1:
+            self._client().key_value_set(f"{self.prefix}stop/{self.me}", reason)
+
+    def stop_requested(self) -> bool:
+        """Whether this process got SIGTERM or another process stopped (one RPC with
+        several processes: asked once per segment boundary and chunk)."""
+        if self.stopped_by is None and _Stop.requested:
+            self._announce("SIGTERM")
+        elif self.stopped_by is None and self.count > 1:
+            stops = self._entries("stop")
+            if stops:
+                self.stopped_by = min(stops)
+                self.reason = stops[self.stopped_by]
+        return self.stopped_by is not None
+
+    def why(self) -> str:
+        """What stopped this process, for its message: ``SIGTERM``, or e.g.
+        ``SIGTERM of process 1``."""
+        return self.reason + ("" if self.stopped_by == self.me else f" of process {self.stopped_by}")
+
+    def _wait(self, status: str) -> dict[int, str]:
+        """Marks this process's end (done, stopped or failed) and waits for every
+        other's: ``{process: status}``. A SIGTERM while waiting stops the others."""
+        if self.count == 1:
+            return {self.me: status}
+        self._client().key_value_set(f"{self.prefix}end/{self.me}", status)
+        ends = self._entries("end")
+        while len(ends) < self.count:
+            time.sleep(self.POLL_SECONDS)
+            self.stop_requested()
+            ends = self._entries("end")
+        return ends
+
+    def finished(self, path: str) -> None:
+        """This process's share is committed; returns once every process's is.
+        :class:`Preempted` when another stopped, :class:`PeerFailed` when one failed."""
+        ends = self._wait("done")
+        failed = sorted(k for k, v in ends.items() if v == "failed")
+        if failed:
+            raise PeerFailed(f"process {failed[0]} failed (see its error); the lanes of this process are committed "
+                             f"to {path}: run the same command again to resume")
+        if "stopped" in ends.values():
+            self.stop_requested()
+            raise Preempted(f"stopped by {self.why()} after the lanes of this process were committed to {path}: "
+                            "run the same command again to resume")
+
+    def stopped(self, error: BaseException, path: str) -> None:
+        """This process ends with ``error``: the others are told (a failure stops them
+        too) and waited for, at best effort; :class:`PeerFailed` (from ``error``)
+        when this one was stopped because another failed."""
+        preempted, ends = isinstance(error, Preempted), {}
+        with contextlib.suppress(Exception):  # the coordination service may be gone: keep the real error
+            if self.stopped_by is None:
+                self._announce("Ctrl-C" if isinstance(error, KeyboardInterrupt) else "a failure")
+            ends = self._wait("stopped" if preempted else "failed")
+        failed = sorted(k for k, v in ends.items() if v == "failed")
+        if preempted and failed:
+            raise PeerFailed(f"process {failed[0]} failed (see its error); the lanes of this process are committed "
+                             f"to {path}: run the same command again to resume") from error
+
+
 class _Run:
     """One sweep's chunks, trained one after another while the host stores the last."""
 
     def __init__(self, config: Any, plan: Plan, mesh: Mesh, group_layouts: dict, rules: str, progress: bool,
                  log: Callable[[str], None], path: str | None = None,
                  checkpoint_minutes: float = CHECKPOINT_MINUTES, every_boundary: bool = False,
-                 n_mins: dict | None = None):
+                 n_mins: dict | None = None, peers: _Peers | None = None):
         self.config, self.plan, self.mesh, self.layouts, self.log = config, plan, mesh, group_layouts, log
         self.rules, self.progress, self.path = rules, progress, path
         self.checkpoint_seconds, self.every_boundary = 60.0 * checkpoint_minutes, every_boundary
-        # In-flight checkpoints: one process only (see grok_jax.checkpoints).
-        self.inflight = checkpoints.directory(path, 0) if path and jax.process_count() == 1 else None
-        if path and jax.process_count() > 1 and jax.process_index() == 0:
-            log("in-flight checkpoints are off with several processes: an interrupted chunk starts over")
+        self.inflight = checkpoints.directory(path, jax.process_index()) if path else None
         self.lanes_sharding = NamedSharding(mesh, PartitionSpec("lanes"))
         self.collected: list[tuple] = []
         self.n_mins = n_mins or {(c.group, c.n_max): plan.n_min(c) for c in plan.chunks}
         self.done = np.zeros(plan.n_lanes, bool)
+        self.peers = peers or _Peers()  # (without a store: this process alone)
 
     def sweep(self, config_json: str, done: np.ndarray):
         """Runs the lanes not ``done``: into the store at ``self.path``, or, without
@@ -453,19 +555,19 @@ class _Run:
 
     def _run_chunks(self, pending: list[Chunk]) -> None:
         """Trains the pending chunks; each is finished on the host while the next
-        trains. SIGTERM: the chunk in flight is checkpointed at its next segment
-        boundary (a chunk of one segment is finished), then :class:`Preempted`."""
+        trains. SIGTERM (of any process): the chunk in flight is checkpointed at its
+        next segment boundary (a chunk of one segment is finished), then :class:`Preempted`."""
         previous = None  # (chunk, its outputs, the progress bar's count when it is done)
         for i, c in enumerate(pending):
-            if _Stop.requested:
+            if self.peers.stop_requested():
                 break
             self.bar.set_description(f"chunk {i + 1}/{len(pending)}")
             outputs = self._train(c, lambda: self._finish(previous))  # finishes `previous` once it has dispatched
             previous = (c, outputs, self.config.steps * (i + 1))
         self._finish(previous)
-        if _Stop.requested:
-            raise Preempted(f"stopped by SIGTERM between chunks; {int(self.done.sum())} lanes are committed to "
-                            f"{self.path}: run the same command again to resume")
+        if self.peers.stopped_by is not None:
+            raise Preempted(f"stopped by {self.peers.why()} between chunks; {int(self.done.sum())} lanes are "
+                            f"committed to {self.path}: run the same command again to resume")
 
     def _finish(self, previous: tuple | None) -> None:
         """Host side of a finished chunk: drop the padding and the lanes committed
@@ -535,15 +637,15 @@ class _Run:
                 break
             jax.block_until_ready(state)
             self.bar.update(blocks * self.config.log_every)
-            if self.inflight and (_Stop.requested or self.every_boundary
+            stop = self.peers.stop_requested()
+            if self.inflight and (stop or self.every_boundary
                                   or time.monotonic() - saved_at >= self.checkpoint_seconds):
                 checkpoints.save(self.inflight, key, block, state)
                 saved_at = time.monotonic()
-            if _Stop.requested:
-                kept = "which is checkpointed" if self.inflight else "which starts over (several processes)"
-                raise Preempted(f"stopped by SIGTERM at step {block * self.config.log_every} of a chunk, {kept}; "
-                                f"{int(self.done.sum())} lanes are committed to {self.path}: run the same command "
-                                "again to resume")
+            if stop:
+                raise Preempted(f"stopped by {self.peers.why()} at step {block * self.config.log_every} of a chunk, "
+                                f"which is checkpointed; {int(self.done.sum())} lanes are committed to {self.path}: "
+                                "run the same command again to resume")
         return self._program(c, ("finish",), lanes, state)(lanes, state)
 
     def _dispatch_segment(self, c: Chunk, lanes: Lane, state: Any, block: int, blocks: int) -> Any:

@@ -16,7 +16,7 @@ import ml_collections
 
 from grok_jax import config as cfg
 from grok_jax import layouts, results
-from grok_jax.errors import PREEMPTED_STATUS, ConfigError, Preempted, StoreWriteError
+from grok_jax.errors import PREEMPTED_STATUS, ConfigError, PeerFailed, Preempted, StoreWriteError
 from grok_jax.execution import (CHECKPOINT_MINUTES, check_checkpointing, default_cache_dir, run_sweep,
                                 use_compilation_cache)
 from grok_jax.plan import check_resources
@@ -34,8 +34,8 @@ def _fail(error: Exception | str, status: int = 2) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m grok_jax.sweep [flags]`` (``argv`` without the program name;
     default ``sys.argv[1:]``). Exits with status 2 on bad input, 1 when the store
-    or the figures cannot be written, 75 when stopped by SIGTERM (checkpointed:
-    run it again), 130 on Ctrl-C. Flags live in a ``FlagValues``
+    or the figures cannot be written (or another process failed), 75 when stopped by
+    SIGTERM, of this process or another (checkpointed: run it again), 130 on Ctrl-C. Flags live in a ``FlagValues``
     of their own, so that ``main`` can be called more than once in a process."""
     from absl import flags
     from ml_collections import config_flags
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {path}")
     except ConfigError as e:
         _fail(e)
-    except StoreWriteError as e:
+    except (StoreWriteError, PeerFailed) as e:
         _fail(e, status=1)
     except Preempted as e:
         _fail(e, status=PREEMPTED_STATUS)

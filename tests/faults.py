@@ -16,6 +16,11 @@ FAULT is one of:
   term_after_commit  SIGTERM right after the N-th chunk commit (between chunks)
   term_before_done   SIGTERM during the N-th chunk commit, before its done mark
 
+With several processes (jax.distributed), to order the processes' stops:
+  wait_for_stop      once the N-th segment is dispatched, wait until another process asks all to stop
+  term_after_stop    the same, then SIGTERM
+  term_after_end     once the N-th segment is dispatched, wait until process 0 has ended, then SIGTERM
+
 A SIGKILL leaves no chance to clean up: what the store holds then is what any crash
 at that point would leave.
 """
@@ -27,6 +32,7 @@ import functools
 import os
 import signal
 import sys
+import time
 
 import jax
 import zarr.storage
@@ -46,6 +52,40 @@ def _interrupt() -> None:
 
 def _term() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PEERS: list = []  # the sweep's execution._Peers
+
+
+def _record_peers() -> None:
+    init = execution._Peers.__init__
+
+    def recording(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        _PEERS.append(self)
+
+    execution._Peers.__init__ = recording
+
+
+def _wait_for(kind: str, process: int | None = None) -> None:
+    """Waits until a process (``process``, where given) has a key of ``kind``
+    (``stop`` or ``end``) in the key-value store of the sweep's processes."""
+    while not any(process in (None, k) for k in _PEERS[-1]._entries(kind)):
+        time.sleep(0.05)
+
+
+def _wait_for_stop() -> None:
+    _wait_for("stop")
+
+
+def _term_after_stop() -> None:
+    _wait_for("stop")
+    _term()
+
+
+def _term_after_end() -> None:
+    _wait_for("end", 0)
+    _term()
 
 
 def _on_call(fn, n: int, before=None, after=None):
@@ -108,6 +148,11 @@ def main() -> None:
         results._mark_done = _on_call(results._mark_done, n, after=_term)
     elif fault == "term_before_done":
         results._mark_done = _on_call(results._mark_done, n, before=_term)
+    elif fault in ("wait_for_stop", "term_after_stop", "term_after_end"):
+        _record_peers()
+        after = {"wait_for_stop": _wait_for_stop, "term_after_stop": _term_after_stop,
+                 "term_after_end": _term_after_end}[fault]
+        execution._Run._dispatch_segment = _on_call(execution._Run._dispatch_segment, n, after=after)
     elif fault == "enospc":
         results.write = _on_call(results.write, n, before=lambda: _disk_full_after(2))
     else:
