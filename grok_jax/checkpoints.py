@@ -138,7 +138,7 @@ def restore(path: str, chunk: dict, like: Any) -> tuple[int, Any] | None:
             return None
         try:
             arrays = manager.restore(block, args=ocp.args.Composite(state=restore_args(chunk)))["state"]
-        except (OSError, ValueError, zipfile.BadZipFile) as e:  # damaged (e.g. a power cut): start the chunk over
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # damaged (e.g. a power cut): start the chunk over
             warnings.warn(f"ignoring the unreadable checkpoint {path}/{block}: {e}", stacklevel=2)
             return None
     leaves, treedef = jax.tree.flatten(like)

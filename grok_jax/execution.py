@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import json
 import os
 import signal
@@ -260,14 +259,14 @@ def run_sweep(
             return _open_store(config, config_json, path, plan, memory_gb, devices, rules, every, overwrite, log)
 
         if processes == 1:
-            (plan, layouts_, done), run_id = setup(), 0
+            (plan, layouts_, done), peers = setup(), _Peers(log=log)
         else:
-            plan, layouts_, done, run_id = _open_store_together(setup, config, config_json, path, plan, memory_gb,
-                                                                devices, rules, log)
-        peers = _Peers(run_id)
-        run = _Run(config, plan, make_mesh(plan, devices), layouts_, rules, progress, log, path, checkpoint_minutes,
-                   every > 0, n_mins, peers)
-        try:
+            peers = _Peers(_open_store_first(setup, path), log)
+        try:  # from here on, every process ends in peers.stopped or peers.finished
+            if processes > 1:
+                plan, layouts_, done = _take_share(config, config_json, path, plan, memory_gb, devices, rules, log)
+            run = _Run(config, plan, make_mesh(plan, devices), layouts_, rules, progress, log, path,
+                       checkpoint_minutes, every > 0, n_mins, peers)
             run.sweep(config_json, done)
         except BaseException as e:
             peers.stopped(e, path)
@@ -287,6 +286,7 @@ def _open_store(config: Any, config_json: str, path: str, plan: Plan, memory_gb:
                                       overwrite=overwrite)
     if existing is None and overwrite:
         checkpoints.clear_all(path)  # of the replaced store
+    checkpoints.clear_beyond(path, jax.process_count())  # of a run with more processes
     stored = results.stored_layout(existing) if existing is not None else None
     if stored is not None:
         plan, layouts_ = _resume_plan(config, memory_gb, devices, stored, plan, rules, log)
@@ -299,32 +299,37 @@ def _open_store(config: Any, config_json: str, path: str, plan: Plan, memory_gb:
     return plan, layouts_, done
 
 
-def _open_store_together(setup: Callable[[], tuple], config: Any, config_json: str, path: str, plan: Plan,
-                         memory_gb: float, devices: list, rules: str, log: Callable[[str], None]
-                         ) -> tuple[Plan, dict, np.ndarray, int]:
+def _open_store_first(setup: Callable[[], tuple], path: str) -> int:
     """Several processes (``jax.distributed``): process 0 creates or resumes the store
-    (:func:`_open_store`) while the others wait; then each takes the plan and layouts
-    recorded in it, and its own share of the lanes (:func:`grok_jax.plan.process_chunks`).
-    Also returns the run's id, process 0's (the keys of :class:`_Peers`)."""
-    me, error, run_id = jax.process_index(), None, 0
-    if me == 0:
+    (:func:`_open_store`) while the others wait. Returns the run's id, process 0's
+    (the keys of :class:`_Peers`); raises on every process if process 0 failed."""
+    error, run_id = None, 0
+    if jax.process_index() == 0:
         try:
             setup()
-            checkpoints.clear_beyond(path, jax.process_count())  # of a run with more processes
             run_id = 1 + int.from_bytes(os.urandom(3), "little")  # 0: the store could not be opened
-        except (ConfigError, StoreWriteError) as e:
+        except BaseException as e:  # (anything: the others are waiting for the broadcast)
             error = e
     run_id = int(multihost_utils.broadcast_one_to_all(np.int32(run_id)))
     if error is not None:
         raise error
     if not run_id:
         raise ConfigError(f"process 0 could not open {path}; see its error")
+    return run_id
+
+
+def _take_share(config: Any, config_json: str, path: str, plan: Plan, memory_gb: float, devices: list, rules: str,
+                log: Callable[[str], None]) -> tuple[Plan, dict, np.ndarray]:
+    """Several processes, once process 0 has opened the store: the plan and layouts
+    recorded in it, with this process's share of the lanes
+    (:func:`grok_jax.plan.process_chunks`), and the lanes done."""
+    me = jax.process_index()
     existing = results.open_to_resume(path, config_json, RESUMABLE, defaults=cfg.base_config().to_dict())
     quiet = log if me == 0 else (lambda line: None)  # process 0 said it already
     plan, layouts_ = _resume_plan(config, memory_gb, devices, results.stored_layout(existing), plan, rules, quiet)
     per_device = {k: layout.lanes_per_device for k, layout in layouts_.items()}
     mine = process_chunks(plan, per_device, results.lane_chunk(path), me, jax.process_count())
-    return plan._replace(chunks=mine), layouts_, results.committed(existing), run_id
+    return plan._replace(chunks=mine), layouts_, results.committed(existing)
 
 
 def check_checkpointing(config: Any, steps: int, minutes: float) -> int:
@@ -427,15 +432,15 @@ class _Peers:
     """The processes of a sweep (``jax.distributed``), telling each other of a stop
     and of their end through the key-value store of JAX's coordination service. A
     SIGTERM or a failure of any process stops every process at its next safe point
-    (each with its own checkpoint), and none returns before all have ended. With one
-    process (``run_id`` None), only its own SIGTERM. (JAX has no public API for the
+    (each with its own checkpoint), and none returns before all have ended. Without a
+    ``run_id`` (one process), only its own SIGTERM. (JAX has no public API for the
     store; orbax reaches it the same way.)"""
 
-    POLL_SECONDS = 1.0  # how often a process that is done asks whether the others are
+    POLL_SECONDS = 1.0  # how often a process that has ended asks whether the others have
 
-    def __init__(self, run_id: int | None = None) -> None:
+    def __init__(self, run_id: int | None = None, log: Callable[[str], None] = print) -> None:
         self.count = jax.process_count() if run_id is not None else 1
-        self.me = jax.process_index()
+        self.me, self.log = jax.process_index(), log
         self.prefix = f"grok_jax/{run_id}/"  # a run's own keys: run_id is process 0's, broadcast
         self.stopped_by: int | None = None  # the process whose stop stops this one
         self.reason = ""  # what stopped it: "SIGTERM", "a failure", "Ctrl-C"
@@ -479,8 +484,12 @@ class _Peers:
         if self.count == 1:
             return {self.me: status}
         self._client().key_value_set(f"{self.prefix}end/{self.me}", status)
-        ends = self._entries("end")
+        ends, said = self._entries("end"), False
         while len(ends) < self.count:
+            if not said:
+                waiting = sorted(set(range(self.count)) - set(ends))
+                self.log(f"process {self.me}: waiting for process(es) {', '.join(map(str, waiting))} to end")
+                said = True
             time.sleep(self.POLL_SECONDS)
             self.stop_requested()
             ends = self._entries("end")
@@ -489,7 +498,12 @@ class _Peers:
     def finished(self, path: str) -> None:
         """This process's share is committed; returns once every process's is.
         :class:`Preempted` when another stopped, :class:`PeerFailed` when one failed."""
-        ends = self._wait("done")
+        try:
+            ends = self._wait("done")
+        except KeyboardInterrupt:  # the others are told, and stop
+            with contextlib.suppress(Exception):
+                self._announce("Ctrl-C")
+            raise
         failed = sorted(k for k, v in ends.items() if v == "failed")
         if failed:
             raise PeerFailed(f"process {failed[0]} failed (see its error); the lanes of this process are committed "
@@ -502,16 +516,17 @@ class _Peers:
     def stopped(self, error: BaseException, path: str) -> None:
         """This process ends with ``error``: the others are told (a failure stops them
         too) and waited for, at best effort; :class:`PeerFailed` (from ``error``)
-        when this one was stopped because another failed."""
+        when this one was stopped (:class:`Preempted`) and another failed."""
         preempted, ends = isinstance(error, Preempted), {}
-        with contextlib.suppress(Exception):  # the coordination service may be gone: keep the real error
-            if self.stopped_by is None:
+        # Each call on its own: the coordination service may be gone, and the real error must stay.
+        if self.stopped_by is None:
+            with contextlib.suppress(Exception):
                 self._announce("Ctrl-C" if isinstance(error, KeyboardInterrupt) else "a failure")
+        with contextlib.suppress(Exception):
             ends = self._wait("stopped" if preempted else "failed")
         failed = sorted(k for k, v in ends.items() if v == "failed")
         if preempted and failed:
-            raise PeerFailed(f"process {failed[0]} failed (see its error); the lanes of this process are committed "
-                             f"to {path}: run the same command again to resume") from error
+            raise PeerFailed(f"process {failed[0]} failed (see its error); {error}") from error
 
 
 class _Run:
@@ -640,13 +655,22 @@ class _Run:
             stop = self.peers.stop_requested()
             if self.inflight and (stop or self.every_boundary
                                   or time.monotonic() - saved_at >= self.checkpoint_seconds):
-                checkpoints.save(self.inflight, key, block, state)
+                self._save(key, block, state)
                 saved_at = time.monotonic()
             if stop:
                 raise Preempted(f"stopped by {self.peers.why()} at step {block * self.config.log_every} of a chunk, "
                                 f"which is checkpointed; {int(self.done.sum())} lanes are committed to {self.path}: "
                                 "run the same command again to resume")
         return self._program(c, ("finish",), lanes, state)(lanes, state)
+
+    def _save(self, key: dict, block: int, state: Any) -> None:
+        """The in-flight checkpoint; a failed write (a full disk) is a :class:`StoreWriteError`."""
+        try:
+            checkpoints.save(self.inflight, key, block, state)
+        except OSError as e:
+            raise StoreWriteError(f"cannot write the in-flight checkpoint {self.inflight}: {e.strerror or e}; "
+                                  f"{int(self.done.sum())} lanes are committed to {self.path}: run the same command "
+                                  "again to resume") from e
 
     def _dispatch_segment(self, c: Chunk, lanes: Lane, state: Any, block: int, blocks: int) -> Any:
         """Dispatches logged blocks ``block`` to ``block + blocks`` of chunk ``c``."""

@@ -9,6 +9,7 @@ FAULT is one of:
   interrupt          Ctrl-C (KeyboardInterrupt) at the N-th chunk commit, before its done mark
   enospc             the N-th chunk commit fails with "No space left on device" after its
                      first two variable writes (raised by the zarr store, as a full disk would)
+  checkpoint_enospc  the N-th in-flight checkpoint fails with "No space left on device"
   kill_compiling     SIGKILL while the N-th program compiles
   kill_after_checkpoint  SIGKILL right after the N-th in-flight checkpoint is saved (mid-chunk)
   term_compiling     SIGTERM while the N-th program compiles
@@ -48,6 +49,10 @@ def _kill() -> None:
 
 def _interrupt() -> None:
     raise KeyboardInterrupt
+
+
+def _enospc() -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
 def _term() -> None:
@@ -153,6 +158,8 @@ def main() -> None:
         after = {"wait_for_stop": _wait_for_stop, "term_after_stop": _term_after_stop,
                  "term_after_end": _term_after_end}[fault]
         execution._Run._dispatch_segment = _on_call(execution._Run._dispatch_segment, n, after=after)
+    elif fault == "checkpoint_enospc":
+        checkpoints.save = _on_call(checkpoints.save, n, before=_enospc)
     elif fault == "enospc":
         results.write = _on_call(results.write, n, before=lambda: _disk_full_after(2))
     else:

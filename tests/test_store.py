@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from grok_jax import results
+from grok_jax import checkpoints, results
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from compare import assert_same_results
@@ -33,7 +33,8 @@ STOPS = [("kill_creating", 1, -9, None, False), ("kill_before_done", 2, -9, 4, T
          ("kill_after_commit", 2, -9, 8, False), ("enospc", 2, 1, 4, True), ("interrupt", 3, 130, 8, True),
          ("kill_compiling", 2, -9, 0, False), ("kill_after_checkpoint", 2, -9, 4, True),
          ("term_compiling", 1, 75, 0, True), ("term_mid_chunk", 3, 75, 4, True),
-         ("term_after_commit", 2, 75, 8, True), ("term_before_done", 1, 75, 4, True)]
+         ("term_after_commit", 2, 75, 8, True), ("term_before_done", 1, 75, 4, True),
+         ("checkpoint_enospc", 2, 1, 4, False)]
 
 
 def _sweep(out, env, *fault):
@@ -86,8 +87,9 @@ def test_a_run_stopped_anywhere_resumes_to_the_same_store(stopped, fault, at, st
     if status > 0:  # a one-line message, no traceback
         last = proc.stderr.strip().splitlines()[-1]
         assert "Traceback" not in proc.stderr and last.startswith("error: ") and "run the same command" in last
-    if fault == "enospc":
-        assert "No space left on device" in last and results.STORE in last
+    if fault in ("enospc", "checkpoint_enospc"):
+        assert "No space left on device" in last and (results.STORE + (checkpoints.SUFFIX if "checkpoint" in fault
+                                                                       else "")) in last
     assert resumed.returncode == 0, resumed.stderr
     assert f"{committed or 0} lanes already done" in resumed.stdout
     assert ("removing" in resumed.stdout) == (committed is None)  # the partial store
