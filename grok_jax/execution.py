@@ -581,8 +581,8 @@ class _Run:
             previous = (c, outputs, self.config.steps * (i + 1))
         self._finish(previous)
         if self.peers.stopped_by is not None:
-            raise Preempted(f"stopped by {self.peers.why()} between chunks; {int(self.done.sum())} lanes are "
-                            f"committed to {self.path}: run the same command again to resume")
+            raise Preempted(f"stopped by {self.peers.why()} between chunks; {self._committed()}: run the same "
+                            "command again to resume")
 
     def _finish(self, previous: tuple | None) -> None:
         """Host side of a finished chunk: drop the padding and the lanes committed
@@ -659,8 +659,7 @@ class _Run:
                 saved_at = time.monotonic()
             if stop:
                 raise Preempted(f"stopped by {self.peers.why()} at step {block * self.config.log_every} of a chunk, "
-                                f"which is checkpointed; {int(self.done.sum())} lanes are committed to {self.path}: "
-                                "run the same command again to resume")
+                                f"which is checkpointed; {self._committed()}: run the same command again to resume")
         return self._program(c, ("finish",), lanes, state)(lanes, state)
 
     def _save(self, key: dict, block: int, state: Any) -> None:
@@ -669,8 +668,15 @@ class _Run:
             checkpoints.save(self.inflight, key, block, state)
         except OSError as e:
             raise StoreWriteError(f"cannot write the in-flight checkpoint {self.inflight}: {e.strerror or e}; "
-                                  f"{int(self.done.sum())} lanes are committed to {self.path}: run the same command "
-                                  "again to resume") from e
+                                  f"{self._committed()}: run the same command again to resume") from e
+
+    def _committed(self) -> str:
+        """How many lanes are committed, for a message: of the store, or with several
+        processes (which do not know each other's commits), of this process's share."""
+        if self.peers.count == 1:
+            return f"{int(self.done.sum())} lanes are committed to {self.path}"
+        mine = np.concatenate([c.lanes[:c.count] for c in self.plan.chunks])
+        return f"{int(self.done[mine].sum())} of the {len(mine)} lanes of this process are committed to {self.path}"
 
     def _dispatch_segment(self, c: Chunk, lanes: Lane, state: Any, block: int, blocks: int) -> Any:
         """Dispatches logged blocks ``block`` to ``block + blocks`` of chunk ``c``."""

@@ -4,6 +4,7 @@ and run again; bad multi-host flags fail in one line."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -129,6 +130,8 @@ def test_a_stop_of_one_process_stops_every_process_and_they_resume_to_the_same_s
     for (status, _, stderr), (want, words) in zip(stopped, said):
         last = stderr.strip().splitlines()[-1]
         assert status == want and last.startswith(f"error: {words}") and "run the same" in last, stderr
+        if status == PREEMPTED_STATUS:  # a process knows only its own share's commits
+            assert re.search(r"\b\d of the 8 lanes of this process are committed|after the lanes of this", last), last
     assert inflight == checkpointed
     assert f"{done} lanes already done" in resumed[0][1]
     for i, (status, stdout, stderr) in enumerate(resumed):
