@@ -61,12 +61,12 @@ def _orbax_args() -> tuple[type, type]:
         into place once written and keeps the latest."""
 
         def save(self, directory: os.PathLike, args: HostStateSave) -> None:
-            for name, write in ((_ARRAYS, lambda f: np.savez(f, **args.arrays)),
-                                (_CHUNK, lambda f: f.write(json.dumps(args.chunk, sort_keys=True).encode()))):
-                with open(os.path.join(directory, name), "wb") as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())  # on disk before orbax renames the checkpoint into place
+            with open(os.path.join(directory, _ARRAYS), "wb") as f:
+                np.savez(f, **args.arrays)
+                _sync(f)
+            with open(os.path.join(directory, _CHUNK), "w") as f:
+                json.dump(args.chunk, f, sort_keys=True)
+                _sync(f)
 
         def restore(self, directory: os.PathLike, args: HostStateRestore) -> dict[str, np.ndarray] | None:
             """The arrays, or ``None`` when they are of another chunk than ``args.chunk``
@@ -91,6 +91,13 @@ def _orbax_args() -> tuple[type, type]:
         chunk: dict
 
     return HostStateSave, HostStateRestore
+
+
+def _sync(f: Any) -> None:
+    """``f`` on disk before orbax renames the checkpoint into place (a power cut then
+    leaves the previous checkpoint or the whole new one)."""
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _manager(path: str) -> ocp.CheckpointManager:
@@ -138,7 +145,7 @@ def restore(path: str, chunk: dict, like: Any) -> tuple[int, Any] | None:
             return None
         try:
             arrays = manager.restore(block, args=ocp.args.Composite(state=restore_args(chunk)))["state"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # damaged (e.g. a power cut): start the chunk over
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # damaged: the chunk starts over
             warnings.warn(f"ignoring the unreadable checkpoint {path}/{block}: {e}", stacklevel=2)
             return None
     leaves, treedef = jax.tree.flatten(like)

@@ -484,12 +484,11 @@ class _Peers:
         if self.count == 1:
             return {self.me: status}
         self._client().key_value_set(f"{self.prefix}end/{self.me}", status)
-        ends, said = self._entries("end"), False
+        ends = self._entries("end")
+        if len(ends) < self.count:
+            waiting = sorted(set(range(self.count)) - set(ends))
+            self.log(f"process {self.me}: waiting for process(es) {', '.join(map(str, waiting))} to end")
         while len(ends) < self.count:
-            if not said:
-                waiting = sorted(set(range(self.count)) - set(ends))
-                self.log(f"process {self.me}: waiting for process(es) {', '.join(map(str, waiting))} to end")
-                said = True
             time.sleep(self.POLL_SECONDS)
             self.stop_requested()
             ends = self._entries("end")
@@ -504,10 +503,8 @@ class _Peers:
             with contextlib.suppress(Exception):
                 self._announce("Ctrl-C")
             raise
-        failed = sorted(k for k, v in ends.items() if v == "failed")
-        if failed:
-            raise PeerFailed(f"process {failed[0]} failed (see its error); the lanes of this process are committed "
-                             f"to {path}: run the same command again to resume")
+        _raise_if_failed(ends, f"the lanes of this process are committed to {path}: run the same command again "
+                               "to resume")
         if "stopped" in ends.values():
             self.stop_requested()
             raise Preempted(f"stopped by {self.why()} after the lanes of this process were committed to {path}: "
@@ -524,9 +521,16 @@ class _Peers:
                 self._announce("Ctrl-C" if isinstance(error, KeyboardInterrupt) else "a failure")
         with contextlib.suppress(Exception):
             ends = self._wait("stopped" if preempted else "failed")
-        failed = sorted(k for k, v in ends.items() if v == "failed")
-        if preempted and failed:
-            raise PeerFailed(f"process {failed[0]} failed (see its error); {error}") from error
+        if preempted:
+            _raise_if_failed(ends, str(error), error)
+
+
+def _raise_if_failed(ends: dict[int, str], then: str, cause: BaseException | None = None) -> None:
+    """:class:`PeerFailed` naming the first process whose end (``{process: status}``)
+    is a failure, followed by ``then``."""
+    failed = sorted(k for k, v in ends.items() if v == "failed")
+    if failed:
+        raise PeerFailed(f"process {failed[0]} failed (see its error); {then}") from cause
 
 
 class _Run:
