@@ -30,8 +30,10 @@ import torch_transformer  # noqa: E402
 
 from grok_jax.config import base_config  # noqa: E402
 from grok_jax.data import split_sizes  # noqa: E402
-from grok_jax import execution, plan as planning  # noqa: E402
+from grok_jax import layouts, plan as planning, programs, runner  # noqa: E402
 from grok_jax.execution import run_sweep  # noqa: E402
+from grok_jax.train import Lane  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 grok_jax.use_cpu_cores()  # as the command line does, before anything runs JAX
 
@@ -40,7 +42,7 @@ QUIET = dict(progress=False, log=lambda s: None)
 
 def matmul_rate(sizes: tuple[int, ...] = (2048, 4096), reps: int = 5) -> float:
     """Best float32 FLOP/s of a large square matmul on the default device."""
-    return max(execution.matmul_rate(n, reps) for n in sizes)
+    return max(runner.matmul_rate(n, reps) for n in sizes)
 
 
 def config(p: int, width: int, alpha: float, steps: int, log_every: int | None = None, **sweep):
@@ -65,11 +67,13 @@ def timed(c, results: list | None = None, **kw) -> float:
 def chunk_programs(c, lanes_per_device: int | None = None) -> tuple[Callable, list]:
     """The sweep's compiled chunk program for config ``c`` (run once) and its chunks."""
     devices = jax.devices()
-    plan = planning.make_plan(c, 4.0, len(devices), lanes_per_device, devices[0].platform)
-    mesh = execution.make_mesh(plan, devices)
-    chunks = [execution.chunk_lanes(plan, chunk, mesh) for chunk in plan.chunks]
-    program = execution.compiled_train(plan.config(plan.chunks[0]), plan.chunks[0].n_max, chunks[0], mesh,
-                                       plan.n_min(plan.chunks[0]))[0]
+    platform = devices[0].platform
+    plan = planning.make_plan(c, planning.Resources(4.0, lanes_per_device, len(devices), platform,
+                                                    layouts.layout_rules(platform)))
+    mesh = Mesh(np.asarray(devices[:plan.n_devices]), ("lanes",))
+    sharding = NamedSharding(mesh, PartitionSpec("lanes"))
+    chunks = [Lane(*(jax.device_put(a[chunk.lanes], sharding) for a in plan.lanes)) for chunk in plan.chunks]
+    program = programs.compiled_train(plan.config(plan.chunks[0]), plan.chunks[0], chunks[0], mesh).fn
     jax.block_until_ready(program(chunks[0]))
     return program, chunks
 
@@ -210,7 +214,7 @@ def bench_compile_groups(steps: int) -> None:
     for groups in (1, 8):
         c = config(97, 500, 0.5, steps)
         c.sweep.alpha, c.compile_groups = alphas, groups
-        n_groups = len(planning.make_plan(c, 4.0, len(jax.devices())).compile_groups)
+        n_groups = len(planning.make_plan(c, planning.Resources(n_devices=len(jax.devices()))).compile_groups)
         first = timed(c)  # compiles
         again = timed(c)  # every program cached
         rows.append((f"compile_groups={groups}: {n_groups} program(s)",

@@ -1,7 +1,7 @@
 """PyTorch CPU baseline of the authors' 1-layer Transformer, one run at a time.
 
-Their semantics (PAPER.md §2): the two tokens (m, n), learned token and position
-embeddings N(0, 1), one block with residual attention and a 4·d ReLU MLP, no
+Their semantics (arXiv:2310.13061, Fig. 7a; github.com/d-doshi/Grokking): the two
+tokens (m, n), learned token and position embeddings N(0, 1), one block with residual attention and a 4·d ReLU MLP, no
 biases, no LayerNorm, scores divided by d_head, logits at the last position times
 1/d, Kaiming-normal (fan-in, unit gain) linear layers; full-batch AdamW on MSE. The
 whole block runs at both positions, as their loop does. Used for wall time per step

@@ -13,19 +13,18 @@ from __future__ import annotations
 import json
 
 import jax
-import ml_collections
 import numpy as np
 import xarray as xr
 
 from grok_jax import config as cfg
-from grok_jax import phases
+from grok_jax import phases, results
 from grok_jax.models import get_model
-from grok_jax.plan import make_plan
 from grok_jax.train import stream_key
 
 
 def _plan(ds: xr.Dataset):
-    return make_plan(ml_collections.ConfigDict(json.loads(ds.attrs["config"])), memory_gb=1e9)
+    """The plan stored with the results: every lane's seed and static group."""
+    return results.stored_plan(ds, "the dataset")
 
 
 def _lane_dims(ds: xr.Dataset) -> list[str]:
@@ -58,7 +57,7 @@ def initial_ipr(ds: xr.Dataset, group: str | None = None) -> xr.DataArray:
 
 def bn_scale_correlation(ds: xr.Dataset) -> xr.DataArray:
     """Pearson correlation of ``|params.bn_scale|`` with the final per-neuron IPR,
-    per lane, over the neurons that have an IPR (PAPER.md §6, finding 6)."""
+    per lane, over the neurons that have an IPR (Doshi et al., arXiv:2310.13061, Fig. 5)."""
     scale, ipr = np.abs(ds["params.bn_scale"]), ds["ipr_hidden"]
     dim = ipr.dims[-1]
     ok = np.isfinite(ipr) & np.isfinite(scale)
@@ -88,7 +87,8 @@ def prunable(curves: xr.Dataset, widths: xr.DataArray | int, threshold: float = 
 
 def lane_summary(ds: xr.Dataset) -> list[dict]:
     """One record per finished lane: its swept values, phase, grokking and
-    unlearning steps and final accuracies (what the figures' JSON summaries list)."""
+    unlearning steps, peak test and training accuracies (what tells Forgetting from
+    Confusion) and final accuracies (what the figures' JSON summaries list)."""
     dims = _lane_dims(ds)
     final = ds.isel(step=-1)
     records = []
@@ -99,7 +99,7 @@ def lane_summary(ds: xr.Dataset) -> list[dict]:
         record = {d: _plain(ds[d].values[i]) for d, i in sel.items()}
         code = int(ds["phase"].isel(sel))
         record["phase"] = phases.PHASES[code] if code >= 0 else None
-        for key in ("grok_step", "unlearn_step"):
+        for key in ("grok_step", "unlearn_step", "peak_test_acc", "peak_train_acc"):
             if key in ds:
                 record[key] = _plain(ds[key].isel(sel).values)
         for key in ("train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc", "ipr", "weight_norm"):

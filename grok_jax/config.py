@@ -7,38 +7,57 @@ import importlib.util
 import itertools
 import math
 import os
-from typing import Callable
+from typing import Callable, Mapping
 
 import ml_collections
 
 from grok_jax.data import check_task, split_sizes
 from grok_jax.errors import ConfigError
-from grok_jax.models import ACTIVATION_MODELS, BATCHNORM_MODELS, MODELS
+from grok_jax.models import MODELS
 from grok_jax.models.mlp2 import BN_STATS
 
 GRIDS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "grids")  # installed with the package
 # Settings a sweep may vary per lane inside one compiled program (traced values).
 TRACED_AXES = ("seed", "xi", "wd", "alpha", "dropout", "lr")
 # Settings a sweep may vary that change the program (shapes or code): each
-# combination of their values is a compile group of its own.
-STATIC_AXES = ("model", "task", "p", "width", "activation", "loss", "batch_size", "parameterization")
-SWEEPABLE = TRACED_AXES + STATIC_AXES
+# combination of their values is a compile group of its own. The models' option axes
+# (grok_jax.models.ModelSpec.axes: mlp2's activation, mlp3's parameterization) are
+# static axes too: STATIC_AXES and SWEEPABLE are computed when read (module
+# __getattr__ below), so that a model registered later counts.
+SHARED_STATIC_AXES = ("model", "task", "p", "width", "loss", "batch_size")
 SCALES = ("small", "paper")
-# The paper's training settings of each architecture (§2.2, Fig. 7) where they differ
-# from the two-layer MLP's, per scale: base_config(scale, model) starts from them, and
-# the command line applies them when --config.model names another model than the grid's
-# (to the fields the grid left at their defaults; see switch_model).
-MODEL_DEFAULTS = {
-    "mlp3": {"small": {}, "paper": {"steps": 5000}},
-    "transformer": {"small": {"width": 32, "lr": 0.002, "steps": 1500},
-                    "paper": {"width": 128, "lr": 0.001, "steps": 3000}},
-}
+
+
+def model_axes() -> dict[str, tuple[str, ...]]:
+    """Each sweep axis that is a model option (``config.sweep.activation``) -> the
+    registered models with an option of that name, whose sections it sets."""
+    axes: dict[str, tuple[str, ...]] = {}
+    for name, spec in MODELS.items():
+        for axis in spec.axes:
+            axes[axis] = axes.get(axis, ()) + (name,)
+    return axes
+
+
+def static_axes() -> tuple[str, ...]:
+    """The static axes (:data:`STATIC_AXES`): the shared ones, then the models'."""
+    return SHARED_STATIC_AXES + tuple(a for a in model_axes() if a not in SHARED_STATIC_AXES)
+
+
+def __getattr__(name: str):
+    if name == "STATIC_AXES":
+        return static_axes()
+    if name == "SWEEPABLE":
+        return TRACED_AXES + static_axes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def base_config(scale: str = "small", model: str = "mlp2") -> ml_collections.ConfigDict:
-    """Settings of PAPER.md §1-3; ``scale='small'`` shrinks p, width and steps so a
-    grid finishes in minutes on a laptop CPU, ``'paper'`` is the paper's scale.
-    ``model`` takes that architecture's own settings (:data:`MODEL_DEFAULTS`).
+    """The paper's settings (Doshi et al., arXiv:2310.13061); ``scale='small'``
+    shrinks p, width and steps so a grid finishes in minutes on a laptop CPU,
+    ``'paper'`` is the paper's scale.
+    ``model`` takes that architecture's own settings (its ``ModelSpec.defaults``).
+    Each registered model's options are in a section of its own, ``config.<name>``
+    (e.g. ``config.transformer.heads``), built from its ``ModelSpec.options``.
 
     Example:
       >>> c = base_config("paper", model="transformer")
@@ -50,17 +69,15 @@ def base_config(scale: str = "small", model: str = "mlp2") -> ml_collections.Con
     c = ml_collections.ConfigDict()
     c.scale = scale  # which preset the sizes below come from (recorded for titles)
     # model by name, see grok_jax.models.MODELS: "mlp2" (the paper's Eq. 1), "mlp3" (3-layer
-    # ReLU MLP, Fig. 7b), "transformer" (1-layer encoder, Fig. 7a; width is its d_embed)
+    # ReLU MLP, Fig. 7b), "transformer" (1-layer encoder, Fig. 7a; width is its d_embed).
+    # Its own options are in its section, config.<model> (below)
     c.model = "mlp2"
     c.task = "add"  # (m ∘ n) mod p with ∘ one of add, sub, mul, div (div needs prime p)
     c.p = 97 if paper else 41  # modulus; the data set is all p² ordered pairs
     c.width = 500 if paper else 128  # hidden width N
-    c.activation = "quad"  # mlp2's φ: "quad" (x², the paper's Eq. 1) or "relu" (App. N); the others are ReLU
-    c.parameterization = "standard"  # mlp3's init: "standard" N(0, 2/fan_in) or "lazy" N(0, 2/N^(2/3)) (App. G.3)
-    c.heads = 4  # transformer: attention heads (must divide width, the embedding dimension)
-    c.layernorm = False  # transformer: LayerNorm before each sublayer (the paper's has none)
-    c.tie_embeddings = False  # transformer: read out with the token embedding (the paper's does not)
-    c.batchnorm = False  # post-activation BatchNorm with learned scale and shift (Eq. 5)
+    # post-activation BatchNorm with learned scale and shift (Eq. 5); models whose
+    # ModelSpec.batchnorm is set (mlp2, mlp3)
+    c.batchnorm = False
     # What BatchNorm's eval mode normalizes with: "running" (PyTorch BatchNorm1d: running
     # mean and unbiased variance, momentum 0.1) or "full_batch" (all training rows' statistics)
     c.bn_stats = "running"
@@ -89,6 +106,12 @@ def base_config(scale: str = "small", model: str = "mlp2") -> ml_collections.Con
     # group's largest. Each group costs a compilation (seconds), worth it at paper scale.
     c.compile_groups = 8 if paper else 1
     c.plot = ml_collections.ConfigDict({"x": "xi", "y": "wd"})  # heatmap axes
+    # Each registered model's section of options (grok_jax/models/<name>.py documents
+    # them): c.mlp2.activation, c.mlp3.parameterization, c.transformer.heads, ...
+    for name, spec in MODELS.items():
+        if name in c or set(spec.axes) & set(c):
+            raise ValueError(f"model {name!r} or one of its axes {spec.axes} is named like a config field")
+        c[name] = ml_collections.ConfigDict({} if spec.options is None else spec.options.to_dict())
     c.update(model_defaults(model, scale))
     c.model = model
     return c
@@ -96,11 +119,11 @@ def base_config(scale: str = "small", model: str = "mlp2") -> ml_collections.Con
 
 def model_defaults(model: str, scale: str) -> dict:
     """The settings ``model`` trains with at ``scale`` where they differ from the
-    two-layer MLP's: none for a model registered without an entry in
-    :data:`MODEL_DEFAULTS`; a ``ConfigError`` names an unknown model."""
+    two-layer MLP's (its ``ModelSpec.defaults``); a ``ConfigError`` names an unknown
+    model."""
     if model not in MODELS:
         raise ConfigError(f"model={model!r} is not valid; valid: {', '.join(MODELS)}")
-    return dict(MODEL_DEFAULTS.get(model, {}).get(scale, {}))
+    return dict(MODELS[model].defaults(scale))
 
 
 def switch_model(config: ml_collections.ConfigDict, grid: ml_collections.ConfigDict, scale: str,
@@ -123,14 +146,14 @@ def switch_model(config: ml_collections.ConfigDict, grid: ml_collections.ConfigD
 
 
 # Python types of the fields (a float field takes an int too; bool is no number).
+# The models' options are typed by their defaults (ModelSpec.options), their valid
+# values in ModelSpec.choices.
 FIELD_TYPES = {
-    "scale": str, "model": str, "task": str, "p": int, "width": int, "activation": str, "batchnorm": bool,
-    "parameterization": str, "heads": int, "layernorm": bool, "tie_embeddings": bool,
+    "scale": str, "model": str, "task": str, "p": int, "width": int, "batchnorm": bool,
     "bn_stats": str, "loss": str, "batch_size": int, "steps": int, "log_every": int, "lr": float, "b1": float, "b2": float, "eps": float, "wd": float,
     "alpha": float, "xi": float, "dropout": float, "seed": int, "compile_groups": int, "matmul_precision": str,
 }
-CHOICES = {"scale": SCALES, "model": MODELS, "activation": ("quad", "relu"), "loss": ("mse", "ce"),
-           "bn_stats": BN_STATS, "parameterization": ("standard", "lazy"),
+CHOICES = {"scale": SCALES, "model": MODELS, "loss": ("mse", "ce"), "bn_stats": BN_STATS,
            "matmul_precision": ("highest", "high", "default")}
 # MODELS: looked up when checked, so that models registered later count
 INT32_MAX = 2**31 - 1
@@ -154,13 +177,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     known = tuple(base_config())
     for name in config:
         if name not in known:
-            raise ConfigError(f"unknown config field {name!r}{_did_you_mean(name, known)}; "
-                              f"valid fields: {', '.join(sorted(known))}")
+            moved = [f"{model}.{name}" for model, spec in MODELS.items() if name in _options(spec)]
+            hint = f" (did you mean {' or '.join(moved)}?)" if moved else _did_you_mean(name, known)
+            raise ConfigError(f"unknown config field {name!r}{hint}; valid fields: {', '.join(sorted(known))}")
     for name in known:
         if name not in config:
             raise ConfigError(f"config has no field {name!r}; start from grok_jax.config.base_config()")
     for name in FIELD_TYPES:
         _check_value(name, config[name])
+    _check_sections(config)
     _check_sweep(config)
     _check_plot(config.plot)
     if config.steps % config.log_every:
@@ -179,35 +204,72 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 def _check_model_options(config: ml_collections.ConfigDict) -> None:
     """Options that only some models have are refused for the others, rather than
-    silently ignored."""
+    silently ignored; then each model's own checks (``ModelSpec.check``), on every
+    static group of the grid with that model."""
+    axes = model_axes()
     for model in axis_values(config, "model"):
-        if config.batchnorm and model not in BATCHNORM_MODELS:
+        spec = MODELS[model]
+        if config.batchnorm and not spec.batchnorm:
+            with_bn = [name for name, s in MODELS.items() if s.batchnorm]
             raise ConfigError(f"batchnorm=True: model {model!r} has no BatchNorm option; models with one: "
-                              f"{', '.join(BATCHNORM_MODELS)}")
-        if model not in ACTIVATION_MODELS and "activation" in config.sweep:
-            raise ConfigError(f"sweep axis 'activation' does nothing for model {model!r} (a ReLU network); "
-                              f"models with an activation choice: {', '.join(ACTIVATION_MODELS)}")
-        if model == "transformer":
-            for width in axis_values(config, "width"):
-                if width % config.heads:
-                    raise ConfigError(f"heads={config.heads} does not divide width={width} (the transformer's "
-                                      "embedding dimension)")
+                              f"{', '.join(with_bn)}")
+        for axis in config.sweep:
+            if axis in axes and model not in axes[axis]:
+                raise ConfigError(f"sweep axis {axis!r} does nothing for model {model!r} (it has no such "
+                                  f"option); models with it: {', '.join(axes[axis])}")
+    for _, group in static_groups(config):
+        MODELS[group.model].check(group)
+
+
+def _options(spec) -> dict:
+    """A model's options and their defaults (``ModelSpec.options``)."""
+    return {} if spec.options is None else spec.options.to_dict()
+
+
+def _check_sections(config: ml_collections.ConfigDict) -> None:
+    """Each model's section: its options, each of its default's type and, where the
+    model lists them, one of its choices."""
+    for model, spec in MODELS.items():
+        options, section = _options(spec), config[model]
+        paths = [f"{model}.{name}" for name in options]
+        if not isinstance(section, (dict, ml_collections.ConfigDict)):
+            raise ConfigError(f"{model}={section!r} must be the section of model {model!r}'s options "
+                              f"({', '.join(paths) or 'it has none'})")
+        for name in section:
+            if name not in options:
+                raise ConfigError(f"unknown config field '{model}.{name}'{_did_you_mean(name, options, model)}; "
+                                  f"valid: {', '.join(paths) or 'none (the model has no options)'}")
+        for name, default in options.items():
+            if name not in section:
+                raise ConfigError(f"config has no field '{model}.{name}'; start from grok_jax.config.base_config()")
+            _check_value(f"{model}.{name}", section[name], kind=type(default), choices=spec.choices.get(name))
 
 
 def _check_sweep(config: ml_collections.ConfigDict) -> None:
     if not isinstance(config.sweep, (dict, ml_collections.ConfigDict)):
         raise ConfigError(f"sweep must map axis names to tuples of values, not {config.sweep!r}")
+    sweepable = TRACED_AXES + static_axes()
+    axes = model_axes()
     for name in config.sweep:
-        if name not in SWEEPABLE:
-            raise ConfigError(f"cannot sweep {name!r}{_did_you_mean(name, SWEEPABLE)}; "
-                              f"sweepable axes: {', '.join(SWEEPABLE)}")
+        if name not in sweepable:
+            raise ConfigError(f"cannot sweep {name!r}{_did_you_mean(name, sweepable)}; "
+                              f"sweepable axes: {', '.join(sweepable)}")
         values = config.sweep[name]
         if not isinstance(values, (tuple, list)):
             raise ConfigError(f"sweep axis {name!r} must be a tuple of values, e.g. (0, 1), not {values!r}")
         if not values:
             raise ConfigError(f"sweep axis {name!r} has no values")
-        for value in values:
-            _check_value(name, value, swept=True)
+        if name in axes and name not in FIELD_TYPES:
+            # a model option: typed and checked as each model of the grid with it has it
+            grid = [m for m in axis_values(config, "model") if m in axes[name]] or list(axes[name])
+            for model in grid:
+                default = _options(MODELS[model])[name]
+                for value in values:
+                    _check_value(name, value, swept=True, kind=type(default),
+                                 choices=MODELS[model].choices.get(name))
+        else:
+            for value in values:
+                _check_value(name, value, swept=True)
         if len(set(values)) != len(values):
             raise ConfigError(f"sweep axis {name!r} repeats a value: {tuple(values)}")
 
@@ -224,9 +286,25 @@ def _check_plot(plot: ml_collections.ConfigDict) -> None:
                               "(seeds are aggregated)")
 
 
-def _check_value(name: str, value: object, swept: bool = False) -> None:
-    """One value of field ``name`` (fixed, or one of a sweep axis'): type, then range."""
-    kind = FIELD_TYPES[name]
+def _check_value(name: str, value: object, swept: bool = False, kind: type | None = None,
+                 choices: tuple | None = None) -> None:
+    """One value of field ``name`` (fixed, or one of a sweep axis'): type, then range.
+    A model's option (``"mlp2.activation"``, or its sweep axis) comes with its
+    ``kind`` (the type of its default) and its ``choices``, if any."""
+    if kind is not None:
+        _check_type(name, value, kind, swept)
+        if kind is float and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise ConfigError(f"{name}={value!r} must be a finite number (float32: |x| <= {FLOAT32_MAX:.4g})")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{name}={value!r} is not valid; valid: {', '.join(map(str, choices))}")
+        return
+    _check_type(name, value, FIELD_TYPES[name], swept)
+    bad = _range_error(name, value)
+    if bad:
+        raise ConfigError(f"{name}={value!r} {bad}")
+
+
+def _check_type(name: str, value: object, kind: type, swept: bool) -> None:
     is_int = isinstance(value, int) and not isinstance(value, bool)
     ok = {int: is_int, float: is_int or isinstance(value, float), bool: isinstance(value, bool),
           str: isinstance(value, str)}[kind]
@@ -234,9 +312,6 @@ def _check_value(name: str, value: object, swept: bool = False) -> None:
         what = {int: "an integer", float: "a number", bool: "True or False", str: "a string"}[kind]
         where = f"sweep axis {name!r} has {value!r}; each value" if swept else f"{name}={value!r}"
         raise ConfigError(f"{where} must be {what}")
-    bad = _range_error(name, value)
-    if bad:
-        raise ConfigError(f"{name}={value!r} {bad}")
 
 
 def _range_error(name: str, value) -> str | None:
@@ -250,7 +325,7 @@ def _range_error(name: str, value) -> str | None:
         return f"is outside int32 [{-2**31}, {INT32_MAX}]"
     if name == "p" and value > MAX_P:
         return f"is too large: pair indices are int32, p <= {MAX_P}"
-    if name in ("steps", "log_every", "width", "compile_groups", "heads") and not 1 <= value <= INT32_MAX:
+    if name in ("steps", "log_every", "width", "compile_groups") and not 1 <= value <= INT32_MAX:
         return f"must be >= 1 (and at most {INT32_MAX})"
     if name == "batch_size" and not 0 <= value <= INT32_MAX:
         return "must be >= 0 (0: full batch)"
@@ -263,14 +338,14 @@ def _range_error(name: str, value) -> str | None:
     return None
 
 
-def _did_you_mean(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+def _did_you_mean(name: str, valid, section: str | None = None) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else ""
 
 
-STATIC_FIELDS = ("model", "task", "p", "width", "activation", "batchnorm", "bn_stats", "loss", "batch_size",
-                 "steps", "log_every", "b1", "b2", "eps", "parameterization", "heads", "layernorm", "tie_embeddings",
-                 "matmul_precision")
+# ... and the section of the config's model (config.<model>: all its options)
+STATIC_FIELDS = ("model", "task", "p", "width", "batchnorm", "bn_stats", "loss", "batch_size",
+                 "steps", "log_every", "b1", "b2", "eps", "matmul_precision")
 
 
 def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
@@ -278,13 +353,15 @@ def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenCon
 
     Traced settings (seed, ξ, wd, α, dropout, lr) are left out, so grids that differ
     only in them share one compiled program; ``use_dropout`` says whether the
-    program draws dropout masks at all. The static axes of a sweep must be fixed
-    first (:func:`static_groups`).
+    program draws dropout masks at all. The model's section (``config.<model>``, its
+    options) is in, the other models' are not. The static axes of a sweep must be
+    fixed first (:func:`static_groups`).
     """
-    swept = [name for name in STATIC_AXES if name in config.sweep]
+    swept = [name for name in static_axes() if name in config.sweep]
     if swept:
         raise ValueError(f"static axes {swept} are swept: take one of static_groups(config) first")
     static = {name: config[name] for name in STATIC_FIELDS}
+    static[config.model] = config[config.model]
     static["use_dropout"] = any(rate > 0 for rate in axis_values(config, "dropout"))
     return ml_collections.FrozenConfigDict(static)
 
@@ -292,20 +369,28 @@ def static_config(config: ml_collections.ConfigDict) -> ml_collections.FrozenCon
 def static_groups(config: ml_collections.ConfigDict) -> list[tuple[dict, ml_collections.ConfigDict]]:
     """One ``(values, config)`` per combination of the swept static axes, in grid
     order: ``values`` maps each swept static axis to its value, ``config`` is the
-    grid's config with those values fixed and only the traced axes left swept.
+    grid's config with those values fixed and only the traced axes left swept. A
+    model option's axis (``activation``) is fixed in the section of each model with
+    that option (``config.mlp2.activation``).
 
     Example:
       >>> config.sweep.width = (64, 128)
       >>> [values for values, _ in static_groups(config)]
       [{'width': 64}, {'width': 128}]
     """
-    swept = [name for name in config.sweep if name in STATIC_AXES]
+    statics, axes, models = static_axes(), model_axes(), axis_values(config, "model")
+    swept = [name for name in config.sweep if name in statics]
     groups = []
     for combo in itertools.product(*(config.sweep[name] for name in swept)):
         values = dict(zip(swept, combo))
         group = ml_collections.ConfigDict(config.to_dict())
         for name, value in values.items():
-            setattr(group, name, value)
+            if name in axes and name not in FIELD_TYPES:
+                for model in axes[name]:
+                    if model in models:  # the grid's models with that option (check_config: all of them)
+                        group[model][name] = value
+            else:
+                setattr(group, name, value)
             del group.sweep[name]
         groups.append((values, group))
     return groups
@@ -342,8 +427,40 @@ def scale_for_batch(config: ml_collections.ConfigDict, batch_size: int, referenc
 
 
 def axis_values(config: ml_collections.ConfigDict, name: str) -> tuple:
-    """The values a setting takes in the grid: the swept ones, else the fixed one."""
-    return tuple(config.sweep[name]) if name in config.sweep else (config[name],)
+    """The values a setting takes in the grid: the swept ones, else the fixed one (of
+    a model option's axis, e.g. ``activation``: the value in the section of the
+    config's model, or of the first model of the grid with that option)."""
+    if name in config.sweep:
+        return tuple(config.sweep[name])
+    axes = model_axes()
+    if name in axes and name not in config:
+        grid = (config.model, *config.sweep.get("model", ()))
+        model = next((m for m in grid if m in axes[name]), axes[name][0])
+        return (config[model][name],)
+    return (config[name],)
+
+
+def upgrade(stored: Mapping) -> dict:
+    """A config as a store of an earlier version holds it (a dict from its JSON) in
+    today's form: the model options it kept at the top level (``activation``,
+    ``parameterization``, ``heads``, ``layernorm``, ``tie_embeddings``) moved into the
+    sections of the models with an option of that name (defaults for the rest). A
+    config of this version is returned as it is (a copy).
+
+    Example:
+      >>> upgrade({"model": "mlp2", "activation": "relu", ...})["mlp2"]
+      {'activation': 'relu'}
+    """
+    config, fields = dict(stored), set(FIELD_TYPES) | {"sweep", "plot"}
+    flat = {}
+    for model, spec in MODELS.items():
+        options = _options(spec)
+        flat.update({name: config[name] for name in options if name in config and name not in fields})
+        if not isinstance(config.get(model), Mapping):
+            config[model] = {**options, **{name: config[name] for name in options if name in config}}
+    for name in flat:
+        del config[name]
+    return config
 
 
 def available_grids() -> list[str]:
@@ -396,6 +513,9 @@ def call_get_config(path: str, scale: str, kind: str) -> ml_collections.ConfigDi
         raise ConfigError(f"{kind} file {path} failed to import: {_last_line(e)}") from e
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"{kind} file {path} defines no get_config(scale)")
+    scales = getattr(module, "SCALES", None)  # the scales the file defines (default: any)
+    if scales is not None and scale not in scales:
+        raise ConfigError(f"{kind} file {path} defines the scale(s) {', '.join(scales)}, not {scale!r}")
     try:
         config = module.get_config(scale)
     except ConfigError as e:

@@ -19,6 +19,12 @@ class StoreWriteError(RuntimeError):
     """
 
 
+class StoreDamaged(RuntimeError):
+    """A chunk of the results store cannot be read (bytes overwritten, a file
+    truncated); its message is one line naming the variable, the lanes and what to
+    do. The command line exits with status 1."""
+
+
 class Preempted(RuntimeError):
     """The run got SIGTERM (a preemptible VM or SLURM stopping it), or another process
     of a multi-host sweep did, and stopped at the next safe point, its in-flight

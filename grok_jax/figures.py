@@ -13,7 +13,6 @@ written to ``--out`` as PNG and PDF, with a JSON summary of its numbers beside t
 from __future__ import annotations
 
 import json
-import logging as std_logging
 import os
 import re
 import sys
@@ -229,7 +228,7 @@ def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: st
                memory_gb: float = 4.0, log: Callable[[str], None] = print) -> list[str]:
     """Runs (or reuses) the figure's sweeps, draws it and writes
     ``output_stem(...)`` ``.png``, ``.pdf`` and ``.json`` (its numbers). Returns the paths."""
-    from grok_jax.execution import run_sweep
+    from grok_jax.execution import Options, sweep
 
     start = time.perf_counter()
     renderer = RENDERERS[figure.renderer]
@@ -238,7 +237,7 @@ def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: st
         stores[run] = os.path.join(results_dir, scale, run)
         existed[run] = os.path.exists(results.store_path(stores[run]))
         log(f"{name}: run {run!r} -> {stores[run]}")
-        datasets[run] = run_sweep(grid, stores[run], memory_gb, log=log, parameters=renderer.parameters)
+        datasets[run] = sweep(grid, stores[run], Options(memory_gb, log=log, parameters=renderer.parameters))
     os.makedirs(out, exist_ok=True)
     stem = output_stem(out, name, scale)
     head = f"{os.path.basename(stem)} ({scale} scale)"
@@ -291,10 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     anything runs), 1 when a store or figure cannot be written, 130 on Ctrl-C."""
     from absl import flags
 
-    from grok_jax import layouts
-    from grok_jax.execution import default_cache_dir, use_compilation_cache
-    from grok_jax.plan import check_resources
-    from grok_jax.sweep import _fail
+    from grok_jax.cli import fail as _fail
+    from grok_jax.cli import start
+    from grok_jax.plan import check_fits, check_resources
+    from grok_jax.programs import default_cache_dir
 
     argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
     fv = flags.FlagValues()
@@ -327,15 +326,12 @@ def main(argv: list[str] | None = None) -> None:
         figures = {name: load_figure(name, scale.value) for name in _figure_names(figure.value)}
         _check_shared_runs(figures)
         check_resources(memory.value, None)
+        for config in figures.values():
+            for grid in config.runs.values():
+                check_fits(grid, memory.value)
     except (ConfigError, flags.Error) as e:
         _fail(e)
-    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
-    layouts.use_cpu_cores()
-    if cache.value:
-        try:
-            use_compilation_cache(cache.value)
-        except OSError as e:
-            print(f"warning: no compilation cache ({cache.value}: {e.strerror or e})", file=sys.stderr)
+    start(cache.value, cache.present)
     for name, config in figures.items():
         try:
             start = time.perf_counter()

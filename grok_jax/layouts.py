@@ -42,7 +42,7 @@ class Layout(NamedTuple):
     segment: int  # logged blocks per program call (see segment_blocks)
 
 
-def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | None:
+def default_lanes_per_device(rules: str, n_max: int, width: int) -> int | None:
     """Most lanes per device in a chunk; ``None``: as many as memory allows.
 
     Accelerators want wide batches. A CPU core is fastest on one lane at a time
@@ -51,12 +51,12 @@ def default_lanes_per_device(platform: str, n_max: int, width: int) -> int | Non
     every 20), 1 vs 4 lanes per device: p 31, N 128 7.2-7.6 vs 7.8 s; p 17, N 128
     1.85 vs 2.21 s; p 17, N 64 1.30 vs 1.20 s; p 11, N 32 0.61 vs 0.38 s.
     """
-    if platform != "cpu":
+    if rules != "cpu":
         return None
     return 4 if n_max * width <= 16384 else 1
 
 
-def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool,
+def row_blocks(rules: str, n_max: int, width: int, lanes_per_device: int, batchnorm: bool,
                batch_size: int = 0) -> int:
     """Row blocks of a step's gradient (see :func:`grok_jax.train.make_gradient`).
 
@@ -71,12 +71,12 @@ def row_blocks(platform: str, n_max: int, width: int, lanes_per_device: int, bat
       >>> row_blocks("cpu", n_max=4704, width=500, lanes_per_device=1, batchnorm=False)
       9
     """
-    if platform != "cpu" or lanes_per_device != 1 or batchnorm or batch_size:
+    if rules != "cpu" or lanes_per_device != 1 or batchnorm or batch_size:
         return 1
     return min(n_max, max(1, -(-n_max * width * 4 // CPU_BLOCK_BYTES)))
 
 
-def readout_columns(platform: str, p: int, lanes_per_device: int) -> int:
+def readout_columns(rules: str, p: int, lanes_per_device: int) -> int:
     """Columns of the readout product ``h·W`` (see :func:`grok_jax.models.mlp2.readout`):
     on a CPU device with one lane, p in :data:`CPU_PADDED_COLUMNS` is rounded up to a
     multiple of 8; elsewhere ``p``. The padded logits equal the plain ones (zero
@@ -86,7 +86,7 @@ def readout_columns(platform: str, p: int, lanes_per_device: int) -> int:
       >>> readout_columns("cpu", 31, 1), readout_columns("cpu", 97, 1), readout_columns("gpu", 31, 1)
       (32, 97, 31)
     """
-    if platform != "cpu" or lanes_per_device != 1 or p not in CPU_PADDED_COLUMNS:
+    if rules != "cpu" or lanes_per_device != 1 or p not in CPU_PADDED_COLUMNS:
         return p
     return -(-p // 8) * 8
 
@@ -110,12 +110,25 @@ def segment_blocks(platform: str, flops: float, n_logs: int, every: int = 0) -> 
     return max(1, math.ceil(n_logs / max(1, calls)))
 
 
-def layout(platform: str, n_max: int, width: int, p: int, lanes_per_device: int, batchnorm: bool,
+def layout_rules(platform: str, accelerator_layout: bool = False) -> str:
+    """Whose layout rules a sweep follows: ``"cpu"`` on a CPU, else (or when forced,
+    to test that path on a CPU) ``"accelerator"``. The rules choose the layout; the
+    platform only the nominal rate that sizes segments.
+
+    Example:
+      >>> layout_rules("cpu"), layout_rules("cpu", accelerator_layout=True), layout_rules("gpu")
+      ('cpu', 'accelerator', 'accelerator')
+    """
+    return "cpu" if platform == "cpu" and not accelerator_layout else "accelerator"
+
+
+def layout(rules: str, n_max: int, width: int, p: int, lanes_per_device: int, batchnorm: bool,
            batch_size: int, segment: int) -> Layout:
     """The :class:`Layout` of a group's chunks with ``lanes_per_device`` lanes each,
-    run in calls of ``segment`` logged blocks (:func:`segment_blocks`)."""
-    return Layout(lanes_per_device, row_blocks(platform, n_max, width, lanes_per_device, batchnorm, batch_size),
-                  readout_columns(platform, p, lanes_per_device), segment)
+    run in calls of ``segment`` logged blocks (:func:`segment_blocks`), by the layout
+    ``rules`` (:func:`layout_rules`)."""
+    return Layout(lanes_per_device, row_blocks(rules, n_max, width, lanes_per_device, batchnorm, batch_size),
+                  readout_columns(rules, p, lanes_per_device), segment)
 
 
 def usable_cores() -> int:

@@ -1,4 +1,4 @@
-"""Inverse participation ratio (PAPER.md §4, Eq. 3-4) and accuracy metrics.
+"""Inverse participation ratio (Doshi et al., arXiv:2310.13061, Eq. 3-4) and accuracy metrics.
 
 IPR convention: ``x̃ = |rfft(x)|`` is the one-sided real FFT magnitude, DC included
 (``⌊p/2⌋ + 1`` numbers), and ``IPR(x) = Σ x̃⁴ / (Σ x̃²)²``. A pure cosine of one

@@ -1,28 +1,33 @@
-"""Phase of each run from its final accuracies (PAPER.md §5, App. C, Table 2), and the
-steps at which a run grokked and unlearned its corrupted labels (:func:`grokking_step`,
-:func:`unlearning_step`).
+"""Phase of each run from its final accuracies and its history (arXiv:2310.13061, App. C,
+Table 2; App. E; App. M), and the steps at which a run grokked and unlearned its
+corrupted labels (:func:`grokking_step`, :func:`unlearning_step`). The sweep's runner
+calls :func:`summarize` once per finished chunk for all of it.
 
-| phase             | test acc | train acc                              |
-| ----------------- | -------- | -------------------------------------- |
-| Coexistence       | ≥ 90%    | ≥ 90%                                  |
-| Partial Inversion | ≥ 90%    | < 90% and ≥ 100(1.05 − ξ)%             |
-| Full Inversion    | ≥ 90%    | < 100(1.05 − ξ)%                       |
-| Memorization      | < 90%    | ≥ 90%                                  |
-| Forgetting        | < 90%    | < 90%, and the run lost what it had    |
-| Confusion         | < 90%    | < 90%, and it never had anything       |
+| phase             | test acc | train acc                                         |
+| ----------------- | -------- | ------------------------------------------------- |
+| Coexistence       | ≥ 90%    | ≥ 90%                                             |
+| Partial Inversion | ≥ 90%    | < 90% and ≥ 100(1.05 − ξ)%                        |
+| Full Inversion    | ≥ 90%    | < 100(1.05 − ξ)%                                  |
+| Memorization      | < 90%    | ≥ 90%                                             |
+| Forgetting        | < 90%    | < 90%, and test acc was ≥ 90% at some logged step |
+| Confusion         | < 90%    | < 90%, and test acc never reached 90%             |
 
-Forgetting vs Confusion (both end below 90% on train and test): a run is
-**Forgetting** if at some logged step its train or test accuracy was ≥ 90% (it
-learned, then lost it), or if its final weight norm is below
-``FORGET_NORM_RATIO`` (one half) of its initial norm (weight decay collapsed the
-weights, App. E). Otherwise it is **Confusion**: it never fit the data and its
-weights did not collapse. Every comparison allows ``TOL`` (1e-6) of rounding,
-so exactly 90% counts as high. A run is **Diverged**, whatever its accuracies, if at
-any logged step its loss or weight norm became NaN/inf, or its train loss or weight
-norm exceeded ``DIVERGE_RATIO`` (10⁶) times its value at step 0: a loss that explodes
-without reaching inf (lr 1e4, wd 0 on the tiny grid: 0.09 → 4.5e27) has diverged as
-surely. A training run that learns never comes near: its loss falls from step 0, and
-its weight norm grows a few-fold at most.
+Forgetting vs Confusion (both end below 90% on train and test) is a matter of
+history, as in the paper: **Forgetting** is a network that generalized (its peak
+test accuracy over the logged steps, ``peak_test_acc``, is ≥ 90%) and then lost it,
+as weight decay shrank its weights towards zero ("Forgetting exclusively occurs in
+grokked networks", App. E). **Confusion** is one that never generalized: it never
+learned anything, or it only memorized its training set (train ≥ 90%, test < 90%)
+and then lost that too. A collapse of the weights is not the criterion: with
+cross-entropy (App. M) weight decay beyond the Inversion band drives the weights
+down without the network ever learning, and the paper calls that Confusion ("We do
+not observe a Forgetting phase in this case"). Every comparison allows ``TOL``
+(1e-6) of rounding, so exactly 90% counts as high. A run is **Diverged**, whatever
+its accuracies, if at any logged step its loss or weight norm became NaN/inf, or its
+train loss or weight norm exceeded ``DIVERGE_RATIO`` (10⁶) times its value at step
+0: a loss that explodes without reaching inf (lr 1e4, wd 0 on the tiny grid: 0.09 →
+4.5e27) has diverged as surely. A training run that learns never comes near: its
+loss falls from step 0, and its weight norm grows a few-fold at most.
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ THRESHOLD = 0.9  # accuracy that counts as "high"
 # Slack on every comparison: accuracies are float32 ratios (9/10 is 0.8999999762)
 # and 1.05 − 0.35 is 0.7000000000000001 in float64; neither may flip a phase.
 TOL = 1e-6
-FORGET_NORM_RATIO = 0.5  # final/initial weight norm below which a run has collapsed
 DIVERGE_RATIO = 1e6  # train loss or weight norm over this many times its step-0 value: Diverged
+# The per-lane scalars that :func:`summarize` adds to a chunk's finals (float32; NaN
+# where there is none). ``peak_train_acc`` comes with the run (grok_jax.train).
+SUMMARY = ("peak_test_acc", "grok_step", "unlearn_step")
 (COEXISTENCE, PARTIAL, FULL, MEMORIZATION, FORGETTING, CONFUSION, DIVERGED) = range(7)
 
 
@@ -54,8 +61,7 @@ def classify(
     train_acc: np.ndarray,
     test_acc: np.ndarray,
     xi: np.ndarray,
-    peak_acc: np.ndarray,
-    norm_ratio: np.ndarray,
+    peak_test: np.ndarray,
     finite: np.ndarray,
 ) -> np.ndarray:
     """Phase codes (indices into :data:`PHASES`), elementwise over broadcast inputs.
@@ -63,32 +69,35 @@ def classify(
     Args:
       train_acc, test_acc: final accuracies in [0, 1].
       xi: corruption fraction of each run.
-      peak_acc: the highest train or test accuracy at any logged step.
-      norm_ratio: final weight norm / initial weight norm.
+      peak_test: the highest test accuracy at any logged step (≥ 90%: the run
+        generalized, so one that ends low on both is Forgetting, else Confusion).
       finite: whether the run stayed stable: every logged loss and weight norm is
         finite, and no logged train loss or weight norm exceeds ``DIVERGE_RATIO``
         times its step-0 value (see :func:`classify_log`); False gives Diverged.
 
     Example:
-      >>> int(classify(0.7, 0.99, 0.35, 1.0, 0.9, True))  # 0.70 ≥ 1.05 − 0.35
+      >>> int(classify(0.7, 0.99, 0.35, 1.0, True))  # 0.70 ≥ 1.05 − 0.35
       1
+      >>> int(classify(0.07, 0.07, 0.35, 0.9985, True))  # generalized, then lost it
+      4
     """
     train_acc, test_acc = np.asarray(train_acc), np.asarray(test_acc)
     train_hi, test_hi = train_acc >= THRESHOLD - TOL, test_acc >= THRESHOLD - TOL
-    lost = (np.asarray(peak_acc) >= THRESHOLD - TOL) | (np.asarray(norm_ratio) < FORGET_NORM_RATIO)
+    generalized = np.asarray(peak_test) >= THRESHOLD - TOL  # NaN (never logged): no
     inverted = np.where(train_acc >= 1.05 - np.asarray(xi) - TOL, PARTIAL, FULL)
     phase = np.where(
         test_hi,
         np.where(train_hi, COEXISTENCE, inverted),
-        np.where(train_hi, MEMORIZATION, np.where(lost, FORGETTING, CONFUSION)),
+        np.where(train_hi, MEMORIZATION, np.where(generalized, FORGETTING, CONFUSION)),
     )
     return np.where(np.asarray(finite, bool), phase, DIVERGED).astype(np.int8)
 
 
 def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
-    """Phase codes from logged trajectories (arrays ``(..., n_log)``, step 0 first).
-    Diverged: a NaN/inf loss or weight norm at a logged step, or a train loss or
-    weight norm above :data:`DIVERGE_RATIO` times its step-0 value."""
+    """Phase codes from logged trajectories (arrays ``(..., n_log)``, step 0 first):
+    :func:`classify` of the last logged accuracies, with the peak test accuracy over
+    the logged steps. Diverged: a NaN/inf loss or weight norm at a logged step, or a
+    train loss or weight norm above :data:`DIVERGE_RATIO` times its step-0 value."""
     finite = np.all(
         np.isfinite(log["train_loss"]) & np.isfinite(log["test_loss"]) & np.isfinite(log["weight_norm"]),
         axis=-1,
@@ -97,9 +106,41 @@ def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN runs are Diverged anyway
         for name in ("train_loss", "weight_norm"):
             finite &= ~np.any(log[name] > DIVERGE_RATIO * log[name][..., :1], axis=-1)
-        peak = np.nanmax(np.maximum(log["train_acc"], log["test_acc"]), axis=-1)
-        norm_ratio = log["weight_norm"][..., -1] / log["weight_norm"][..., 0]
-    return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, norm_ratio, finite)
+        peak = peak_test_acc(log["test_acc"])
+    return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, finite)
+
+
+def peak_test_acc(test_acc: np.ndarray) -> np.ndarray:
+    """The highest test accuracy over the logged steps (last axis), NaN steps
+    skipped; NaN where none is logged."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # All-NaN slice
+        return np.nanmax(np.asarray(test_acc), axis=-1)
+
+
+def summarize(log: dict[str, np.ndarray], xi: np.ndarray, steps: np.ndarray
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Everything the host derives from a finished chunk's logs: the phase codes of
+    :func:`classify_log` (int8) and the per-lane scalars :data:`SUMMARY`, as float32:
+    ``peak_test_acc`` (:func:`peak_test_acc`), ``grok_step``
+    (:func:`grokking_step`) and ``unlearn_step`` (:func:`unlearning_step`).
+
+    Args:
+      log: the logged metrics, arrays ``(lanes, n_log)`` (step 0 first).
+      xi: the corruption fraction of each lane, ``(lanes,)``.
+      steps: the logged steps, ``(n_log,)``.
+
+    Example:
+      >>> phase, extra = summarize(out_log, plan.xi[lanes], steps)
+      >>> out_final.update(extra)                     # beside peak_train_acc of the run
+    """
+    phase = classify_log(log, xi)
+    extra = {
+        "peak_test_acc": peak_test_acc(log["test_acc"]),
+        "grok_step": grokking_step(log["test_acc"], steps),
+        "unlearn_step": unlearning_step(log["corrupt_acc"], log["clean_acc"], steps),
+    }
+    return phase, {name: np.asarray(v, np.float32) for name, v in extra.items()}
 
 
 def grokking_step(test_acc: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -118,7 +159,7 @@ def unlearning_step(corrupt_acc: np.ndarray, clean_acc: np.ndarray, steps: np.nd
     (``corrupt_acc`` ≥ 90% at an earlier logged step) has unlearned them: at most
     ``1 − THRESHOLD`` (10%) of the corrupted examples still fit their labels while
     the clean ones do (``clean_acc`` ≥ 90%). Then the train accuracy is within 0.1·ξ
-    of 100(1 − ξ)% (PAPER.md §6, finding 3). NaN if it never did, and without
+    of 100(1 − ξ)% (Doshi et al., arXiv:2310.13061, Fig. 1). NaN if it never did, and without
     corrupted examples (``corrupt_acc`` NaN). Over the last axis (logged at ``steps``).
 
     Example:

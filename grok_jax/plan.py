@@ -1,4 +1,4 @@
-"""The grid plan: lanes, compile groups and chunks (NumPy only).
+"""The sweep's schedule: every lane, its groups, chunks and layouts, made once.
 
 The grid is the Cartesian product of the axes in ``config.sweep`` (C order, the
 first axis slowest). Lanes with the same values of the static axes (model, task,
@@ -8,28 +8,50 @@ program per shape. The only shape a traced axis changes is the training-set size
 (α): a static group's lanes are grouped by it into at most
 ``config.compile_groups`` compile groups, each padded to its largest α. Chunks are
 sized by a memory budget, padded to a common size within their compile group, and
-sharded across the devices along the lane axis.
+sharded across the devices along the lane axis; each carries its layout.
+
+:func:`make_plan` computes a :class:`Plan` from a checked config and the
+:class:`Resources` of the first run. The plan is stored with the results
+(:meth:`Plan.to_json`) and read back (:func:`from_json`) when the sweep resumes or
+grows (:func:`grow_plan`); nothing recomputes it from a later command line. How
+the lanes are shared among processes and devices is a function of the stored plan
+(:meth:`Plan.share`, :func:`device_calls`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import ml_collections
 import numpy as np
 
 from grok_jax import config as cfg
+from grok_jax import layouts
 from grok_jax.data import num_pairs, split_sizes
 from grok_jax.errors import ConfigError
-from grok_jax.layouts import default_lanes_per_device
+from grok_jax.layouts import Layout
 from grok_jax.models import get_model
 from grok_jax.train import Lane
 
 # Compile groups are added (up to config.compile_groups) until padding costs at most
 # this fraction of the grid's real training rows.
 PADDING_TOLERANCE = 0.1
+
+
+class Resources(NamedTuple):
+    """Where a new plan is made to run: not part of the config, so that a stored
+    plan resumes with other values (checked against its layout)."""
+
+    memory_gb: float = 4.0  # budget per device for a chunk of lanes, GiB
+    lanes_per_device: int | None = None  # at most; None: the rules' default
+    n_devices: int = 1  # devices a chunk is sharded over
+    platform: str = "cpu"  # sizes segments (layouts.NOMINAL_RATE)
+    rules: str = "cpu"  # layout rules (layouts.layout_rules)
+    checkpoint_blocks: int = 0  # logged blocks between checkpoints (0: by time)
+    keep_state: bool = True  # store each lane's final optimizer state (a longer run continues from it)
 
 
 class Group(NamedTuple):
@@ -44,20 +66,31 @@ class Chunk(NamedTuple):
 
     group: int  # index of its static group in Plan.groups
     n_max: int  # padded training-set size of its compile group
-    lanes: np.ndarray  # grid indices of its lanes; padding repeats the group's last lane
+    n_min: int  # smallest training set of its compile group (mini-batches: epochs per block)
+    layout: Layout  # how its program lays out the work on a device
+    lanes: np.ndarray  # grid indices of its lanes; padding repeats the last real lane
     count: int  # real lanes: the first ``count`` of ``lanes``
+    first_block: int = 0  # > 0: its lanes continue from their stored state after this many logged blocks
+
+    @property
+    def real(self) -> np.ndarray:
+        return self.lanes[: self.count]
 
 
 class Plan(NamedTuple):
-    """What a sweep will run."""
+    """What a sweep runs: made once, stored with the results, read back."""
 
     axes: dict[str, tuple]  # swept axis -> values, in grid order
     lanes: Lane  # numpy arrays, one entry per lane (C order of the grid)
     xi: np.ndarray  # nominal ξ of every lane (for the phase table)
-    chunks: tuple[Chunk, ...]  # by static group, then compile group, smallest n_max first
-    n_devices: int  # devices a chunk is sharded over
     groups: tuple[Group, ...]  # static groups, in grid order
     lane_group: np.ndarray  # the static group of every lane
+    chunks: tuple[Chunk, ...]  # by static group, then compile group, smallest n_max first
+    n_devices: int  # devices the chunks were sized for
+    platform: str
+    rules: str
+    store_chunk: int  # lanes per chunk of the store's files (one writer each)
+    keep_state: bool = True  # the store holds each lane's final optimizer state
 
     @property
     def n_lanes(self) -> int:
@@ -72,97 +105,171 @@ class Plan(NamedTuple):
         """The config of the chunk's static group."""
         return self.groups[chunk.group].config
 
-    def n_min(self, chunk: Chunk) -> int:
-        """The smallest training set of the chunk's compile group."""
-        same = [c.lanes for c in self.chunks if (c.group, c.n_max) == (chunk.group, chunk.n_max)]
-        return int(self.lanes.n_train[np.concatenate(same)].min())
+    def share(self, index: int, count: int, pending: np.ndarray) -> tuple[Chunk, ...]:
+        """The chunks process ``index`` of ``count`` trains: the ``pending`` lanes of
+        every ``store_chunk``-th block of lanes (a chunk of the store's files, written
+        by one process only) from block ``index`` on, in chunks of their layout's
+        lanes per device on :attr:`n_devices` devices. One process: the plan's
+        chunks that have pending lanes.
+
+        Example:
+          >>> [c.real.tolist() for c in plan.share(1, 2, np.ones(8, bool))]  # 8 lanes, 2 devices, blocks of 2
+          [[2, 3], [6, 7]]
+        """
+        if count == 1:
+            return tuple(c for c in self.chunks if pending[c.real].any())
+        owner = (np.arange(self.n_lanes) // self.store_chunk) % count
+        kinds: dict[tuple, list[np.ndarray]] = {}
+        for c in self.chunks:
+            kinds.setdefault((c.group, c.n_max, c.n_min, c.layout, c.first_block), []).append(c.real)
+        chunks = []
+        for kind, lanes in kinds.items():
+            lanes = np.concatenate(lanes)
+            mine = np.sort(lanes[(owner[lanes] == index) & pending[lanes]])
+            chunks += _split(mine, kind, kind[3].lanes_per_device * self.n_devices)
+        return tuple(chunks)
+
+    def to_json(self) -> str:
+        """The plan as the store records it (see :func:`from_json`)."""
+        return json.dumps({
+            "axes": {k: list(v) for k, v in self.axes.items()},
+            "lanes": {k: np.asarray(v).tolist() for k, v in self.lanes._asdict().items()},
+            "xi": self.xi.tolist(),
+            "groups": [{"values": g.values, "config": json.loads(g.config.to_json())} for g in self.groups],
+            "lane_group": self.lane_group.tolist(),
+            "chunks": [{"group": c.group, "n_max": c.n_max, "n_min": c.n_min, "layout": c.layout._asdict(),
+                        "lanes": c.lanes.tolist(), "count": c.count, "first_block": c.first_block}
+                       for c in self.chunks],
+            "n_devices": self.n_devices, "platform": self.platform, "rules": self.rules,
+            "store_chunk": self.store_chunk, "keep_state": self.keep_state,
+        }, sort_keys=True)
 
 
-def make_plan(
-    config: ml_collections.ConfigDict,
-    memory_gb: float,
-    n_devices: int = 1,
-    per_device: int | None = None,
-    platform: str | None = None,
-    groups: Mapping[int, int] | None = None,
-) -> Plan:
-    """Expands the grid into per-lane values, groups lanes by training-set size
-    (:func:`compile_groups`) and sizes each group's chunks: per device as many
-    lanes as fit in ``memory_gb`` (a budget per device), at most ``per_device``
-    (default: that of :func:`~grok_jax.layouts.default_lanes_per_device` when
-    ``platform`` is given); chunks are a multiple of the device count and as equal
-    as possible.
+def from_json(text: str) -> Plan:
+    """The :class:`Plan` that :meth:`Plan.to_json` wrote; ``ValueError`` (or
+    ``KeyError``, ``TypeError``) when it is not one."""
+    d = json.loads(text)
+    dtypes = {"seed": np.int32, "n_train": np.int32, "n_corrupt": np.int32}
+    lanes = Lane(**{k: np.asarray(d["lanes"][k], dtypes.get(k, np.float32)) for k in Lane._fields})
+    chunks = tuple(Chunk(int(c["group"]), int(c["n_max"]), int(c["n_min"]), Layout(**c["layout"]),
+                         np.asarray(c["lanes"], np.int64), int(c["count"]), int(c["first_block"]))
+                   for c in d["chunks"])
+    groups = tuple(Group(g["values"], ml_collections.ConfigDict(g["config"])) for g in d["groups"])
+    plan = Plan({k: tuple(v) for k, v in d["axes"].items()}, lanes, np.asarray(d["xi"], np.float64), groups,
+                np.asarray(d["lane_group"], np.int64), chunks, int(d["n_devices"]), d["platform"], d["rules"],
+                int(d["store_chunk"]), bool(d["keep_state"]))
+    if not (len(plan.lane_group) == plan.n_lanes == int(np.prod([len(v) for v in plan.axes.values()]))
+            and all(len(a) == plan.n_lanes for a in lanes)):
+        raise ValueError("the plan's lanes do not match its axes")
+    return plan
 
-    ``groups`` (a resumed store's layout) fixes the compile groups instead,
-    ``(static group, padded training-set size)`` -> lanes per device: each lane joins
-    the smallest compile group of its static group that holds its training set, and
-    every chunk has exactly that many lanes per device.
+
+def make_plan(config: ml_collections.ConfigDict, resources: Resources = Resources()) -> Plan:
+    """The plan of a checked ``config`` (:func:`grok_jax.config.check_config`,
+    :func:`check_fits`) on ``resources``: the grid's lanes, grouped by training-set size
+    (:func:`compile_groups`), each group's chunks sized per device to as many lanes
+    as fit in ``memory_gb`` (at most ``lanes_per_device``, default that of
+    :func:`~grok_jax.layouts.default_lanes_per_device`), a multiple of the device
+    count and as equal as possible; every chunk with its layout.
+
+    Example:
+      >>> plan = make_plan(load_config("wd_xi"), Resources(n_devices=2))
+      >>> plan.n_lanes, len(plan.chunks)
+      (90, 45)
     """
-    cfg.check_config(config)
-    check_resources(memory_gb, per_device)
+    axes, lanes, xi, groups, member = _lanes(config)
+    n_devices = min(resources.n_devices, len(xi))
+    chunks = []
+    for g, group in enumerate(groups):
+        in_group = np.flatnonzero(member == g)
+        for members in compile_groups(lanes.n_train[in_group], group.config.compile_groups, n_devices):
+            chunks += _group_chunks(group.config, g, in_group[members], lanes.n_train, resources, n_devices)
+    return Plan(axes, lanes, xi, groups, member, tuple(chunks), n_devices, resources.platform, resources.rules,
+                len(chunks[0].lanes), resources.keep_state)
+
+
+def _lanes(config: ml_collections.ConfigDict) -> tuple[dict, Lane, np.ndarray, tuple[Group, ...], np.ndarray]:
+    """The grid's axes, per-lane values, nominal ξ, static groups and each lane's group."""
     axes = {name: tuple(config.sweep[name]) for name in config.sweep}
-    statics = cfg.static_groups(config)
+    groups = tuple(Group(values, c) for values, c in cfg.static_groups(config))
     static_names = [name for name in axes if name in cfg.STATIC_AXES]
-    keys = [tuple(values.values()) for values, _ in statics]
+    keys = [tuple(g.values.values()) for g in groups]
     rows, member = [], []
     for combo in itertools.product(*axes.values()):
         values = {name: cfg.axis_values(config, name)[0] for name in cfg.TRACED_AXES} | dict(zip(axes, combo))
         g = keys.index(tuple(values[name] for name in static_names))
-        group_config = statics[g][1]
-        n_train, n_corrupt = split_sizes(values["alpha"], values["xi"], group_config.task, group_config.p)
-        rows.append((values["seed"], n_train, n_corrupt, values["wd"], values["lr"],
-                     values["dropout"], values["xi"]))
+        n_train, n_corrupt = split_sizes(values["alpha"], values["xi"], groups[g].config.task, groups[g].config.p)
+        rows.append((values["seed"], n_train, n_corrupt, values["wd"], values["lr"], values["dropout"], values["xi"]))
         member.append(g)
     cols = list(zip(*rows))
     lanes = Lane(*(np.asarray(c, np.int32) for c in cols[:3]), *(np.asarray(c, np.float32) for c in cols[3:6]))
-    member = np.asarray(member)
-    n_devices = min(n_devices, len(rows))
-    budget = memory_gb * 2**30
-    chunks = []
-    for g, (_, group_config) in enumerate(statics):
-        in_group = np.flatnonzero(member == g)
-        largest = lane_bytes(group_config, int(lanes.n_train[in_group].max()))
-        if largest > budget:
-            raise ConfigError(f"one lane at p={group_config.p}, width={group_config.width} needs about "
-                              f"{largest / 2**30:.3g} GiB, more than --memory_gb={memory_gb:g} per device; lower "
-                              "p or width, or raise --memory_gb")
-        stored = None if groups is None else {n: k for (gg, n), k in groups.items() if gg == g}
-        chunks += _group_chunks(group_config, g, in_group, lanes.n_train, n_devices, budget, per_device,
-                                platform, stored)
-    return Plan(axes, lanes, np.asarray(cols[6], np.float64), tuple(chunks), n_devices,
-                tuple(Group(values, c) for values, c in statics), member)
+    return axes, lanes, np.asarray(cols[6], np.float64), groups, np.asarray(member)
 
 
-def _group_chunks(config: ml_collections.ConfigDict, g: int, in_group: np.ndarray, n_train: np.ndarray,
-                  n_devices: int, budget: float, per_device: int | None, platform: str | None,
-                  stored: Mapping[int, int] | None) -> list[Chunk]:
-    """The chunks of static group ``g`` (lanes ``in_group``): by compile group, or in
-    a resumed store's compile groups (``stored``: padded size -> lanes per device)."""
-    chunks = []
-    if stored is not None:
-        sizes = np.asarray(sorted(stored))
-        if not len(sizes) or n_train[in_group].max() > sizes[-1]:
-            raise ConfigError("the store's compile groups do not hold this grid")
-        member = np.searchsorted(sizes, n_train[in_group])
-        for i, n_max in enumerate(map(int, sizes)):
-            group, per_group = in_group[member == i], stored[n_max]
-            if not len(group):
-                continue
-            if per_group * lane_bytes(config, n_max) > budget:
-                raise ConfigError(f"the store's layout runs {per_group} lanes per device at n_train {n_max}: about "
-                                  f"{per_group * lane_bytes(config, n_max) / 2**30:.3g} GiB, more than "
-                                  f"--memory_gb={budget / 2**30:g}")
-            chunks += _split(group, g, n_max, n_devices, per_group, balance=False)
-        return chunks
-    for group in compile_groups(n_train[in_group], config.compile_groups, n_devices):
-        group = in_group[group]
-        n_max = int(n_train[group].max())
-        limit = per_device
-        if limit is None and platform is not None:
-            limit = default_lanes_per_device(platform, n_max, config.width)
-        fit = min(limit or len(group), budget // lane_bytes(config, n_max))  # before int(): budget may be inf
-        chunks += _split(group, g, n_max, n_devices, int(fit))
-    return chunks
+def _group_chunks(config: ml_collections.ConfigDict, g: int, members: np.ndarray, n_train: np.ndarray,
+                  resources: Resources, n_devices: int) -> list[Chunk]:
+    """The chunks of one compile group (lanes ``members`` of static group ``g``)."""
+    n_max, n_min = int(n_train[members].max()), int(n_train[members].min())
+    limit = resources.lanes_per_device or layouts.default_lanes_per_device(resources.rules, n_max, config.width)
+    fit = min(limit or len(members), resources.memory_gb * 2**30 // lane_bytes(config, n_max))  # budget may be inf
+    n = len(members)
+    size = int(fit) * n_devices
+    size = n_devices * -(-n // (-(-n // size) * n_devices))  # as equal as the device count allows
+    per_device = size // n_devices
+    segment = layouts.segment_blocks(resources.platform, flops_per_lane(config, n_max) * per_device,
+                                     config.steps // config.log_every, resources.checkpoint_blocks)
+    layout = layouts.layout(resources.rules, n_max, config.width, config.p, per_device, config.batchnorm,
+                            config.batch_size, segment)
+    return _split(members, (g, n_max, n_min, layout), size)
+
+
+def _split(lanes: np.ndarray, kind: tuple, size: int) -> list[Chunk]:
+    """Chunks of ``size`` lanes of one ``(group, n_max, n_min, layout[, first_block])``,
+    the last padded with copies of its last lane (same shape: no recompile)."""
+    n = len(lanes)
+    return [Chunk(*kind[:4], lanes[np.minimum(np.arange(s, s + size), n - 1)], min(size, n - s), *kind[4:])
+            for s in range(0, n, size)]
+
+
+def device_calls(chunk: Chunk, n_devices: int) -> list[Chunk]:
+    """A stored chunk as program calls on ``n_devices`` devices (a resumed sweep may
+    have other devices than the one that planned it): its layout's lanes per device
+    on as many devices as its real lanes need, at most ``n_devices``. A lane's
+    numbers do not depend on the other lanes of its call.
+
+    Example:
+      >>> [c.real.tolist() for c in device_calls(chunk_of_8_lanes_2_per_device, 2)]
+      [[0, 1, 2, 3], [4, 5, 6, 7]]
+    """
+    per_device = chunk.layout.lanes_per_device
+    devices = min(n_devices, -(-chunk.count // per_device))
+    size = per_device * devices
+    if size == len(chunk.lanes):
+        return [chunk]
+    return _split(chunk.real, (chunk.group, chunk.n_max, chunk.n_min, chunk.layout, chunk.first_block), size)
+
+
+def check_memory(plan: Plan, chunks: Iterable[Chunk], memory_gb: float) -> None:
+    """``ConfigError`` with the figure when a stored chunk's lanes per device no
+    longer fit in ``memory_gb`` (a resumed sweep keeps its layout)."""
+    for c in chunks:
+        need = c.layout.lanes_per_device * lane_bytes(plan.config(c), c.n_max)
+        if need > memory_gb * 2**30:
+            raise ConfigError(f"the stored plan runs {c.layout.lanes_per_device} lane(s) per device at n_train "
+                              f"{c.n_max}: about {need / 2**30:.3g} GiB, more than --memory_gb={memory_gb:g}; "
+                              f"resume with --memory_gb={math.ceil(need / 2**30 * 10) / 10:g} or more")
+
+
+def check_fits(config: ml_collections.ConfigDict, memory_gb: float) -> None:
+    """``ConfigError`` when one lane of a checked ``config`` (its largest training
+    set, in each static group) needs more than ``memory_gb``."""
+    for _, group in cfg.static_groups(config):
+        n_train = max(split_sizes(alpha, 0.0, group.task, group.p)[0] for alpha in cfg.axis_values(group, "alpha"))
+        largest = lane_bytes(group, n_train)
+        if largest > memory_gb * 2**30:
+            raise ConfigError(f"one lane at p={group.p}, width={group.width} needs about {largest / 2**30:.3g} GiB, "
+                              f"more than --memory_gb={memory_gb:g} per device; lower p or width, or raise "
+                              "--memory_gb")
 
 
 def check_resources(memory_gb: float, lanes_per_device: int | None) -> None:
@@ -174,17 +281,48 @@ def check_resources(memory_gb: float, lanes_per_device: int | None) -> None:
                           "line: the platform's default)")
 
 
-def _split(group: np.ndarray, g: int, n_max: int, n_devices: int, per_device: int, balance: bool = True
-           ) -> list[Chunk]:
-    """Chunks of a group of ``per_device`` lanes per device, or with ``balance``
-    at most that many and as equal as the device count allows (fewer padded lanes)."""
-    n = len(group)
-    size = per_device * n_devices
-    if balance:
-        n_chunks = -(-n // size)
-        size = n_devices * -(-n // (n_chunks * n_devices))
-    starts = range(0, n, size)
-    return [Chunk(g, n_max, group[np.minimum(np.arange(s, s + size), n - 1)], min(size, n - s)) for s in starts]
+def grow_plan(stored: Plan, config: ml_collections.ConfigDict, resources: Resources,
+              old_index: np.ndarray, first_block: int = 0) -> Plan:
+    """The plan of the grown grid of ``config``: the ``stored`` plan's chunks, their
+    lanes renumbered (``old_index[i]``: the grown grid's index of stored lane ``i``)
+    and, for more steps, continued from logged block ``first_block``; and chunks of
+    the new lanes in the compile groups and layouts a fresh plan of the grown grid
+    (:func:`make_plan` on ``resources``) gives them, so that a new lane runs as it
+    would in a fresh sweep. The store's chunk size and kept state stay.
+    """
+    fresh = make_plan(config, resources)
+    group_of = {tuple(sorted(g.values.items())): i for i, g in enumerate(fresh.groups)}
+    old_group = [group_of[tuple(sorted(_with_fixed(g.values, fresh, stored).items()))] for g in stored.groups]
+    kept = [c._replace(group=old_group[c.group], lanes=old_index[c.lanes], first_block=first_block or c.first_block)
+            for c in stored.chunks]
+    is_new = np.ones(fresh.n_lanes, bool)
+    is_new[old_index] = False
+    added = []
+    for c in fresh.chunks:
+        new = c.real[is_new[c.real]]
+        if len(new):
+            added.append((c, new))
+    chunks = list(kept)
+    for kind, new in _by_kind(added):
+        chunks += _split(new, kind, kind[3].lanes_per_device * fresh.n_devices)
+    return fresh._replace(chunks=tuple(chunks), store_chunk=stored.store_chunk, platform=stored.platform,
+                          rules=stored.rules, keep_state=stored.keep_state)
+
+
+def _with_fixed(values: dict, fresh: Plan, stored: Plan) -> dict:
+    """A stored static group's values on the grown grid's swept static axes (an
+    axis new to the grid has the stored config's fixed value)."""
+    names = {k for g in fresh.groups for k in g.values}
+    base = stored.groups[0].config
+    return {k: values[k] if k in values else base[k] for k in names}
+
+
+def _by_kind(added: list[tuple[Chunk, np.ndarray]]) -> list[tuple[tuple, np.ndarray]]:
+    """New lanes grouped by ``(group, n_max, n_min, layout)``, in plan order."""
+    kinds: dict[tuple, list[np.ndarray]] = {}
+    for c, new in added:
+        kinds.setdefault((c.group, c.n_max, c.n_min, c.layout), []).append(new)
+    return [(k, np.concatenate(v)) for k, v in kinds.items()]
 
 
 def compile_groups(n_train: np.ndarray, max_groups: int, n_devices: int = 1) -> list[np.ndarray]:
@@ -260,24 +398,3 @@ def flops_per_lane(config: Any, n_max: int) -> float:
     if config.batch_size:
         rows, evaluated = config.batch_size, num_pairs(config.task, config.p)
     return get_model(config).row_flops * (3 * rows * config.steps + evaluated * n_logs)
-
-
-def process_chunks(plan: Plan, per_device: Mapping[tuple[int, int], int], store_chunk: int, index: int,
-                   count: int) -> tuple[Chunk, ...]:
-    """The chunks process ``index`` of ``count`` trains: the lanes of every
-    ``store_chunk``-th block of lanes (a chunk of the results store, written by one
-    process only) from block ``index`` on, in the plan's compile groups, with
-    ``per_device[(group, n_max)]`` lanes per device.
-
-    Example:
-      >>> [c.lanes.tolist() for c in process_chunks(plan, {(0, 72): 1}, 2, 1, 2)]  # 8 lanes, 2 devices
-      [[2, 3], [6, 7]]
-    """
-    owner = (np.arange(plan.n_lanes) // store_chunk) % count
-    chunks = []
-    for g, n_max in plan.compile_groups:
-        lanes = np.concatenate([c.lanes[:c.count] for c in plan.chunks if (c.group, c.n_max) == (g, n_max)])
-        mine = np.sort(lanes[owner[lanes] == index])
-        if len(mine):
-            chunks += _split(mine, g, n_max, plan.n_devices, per_device[g, n_max], balance=False)
-    return tuple(chunks)

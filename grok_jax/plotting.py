@@ -24,6 +24,7 @@ from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from grok_jax import phases  # noqa: E402
+from grok_jax.models import title_parts  # noqa: E402
 
 PHASE_COLORS = ("#2ca02c", "#9bd770", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e", "#000000")
 LABELS = {"xi": "corruption fraction ξ", "wd": "weight decay", "alpha": "data fraction α",
@@ -36,13 +37,9 @@ def title(ds: xr.Dataset) -> str:
     swept = set(json.loads(ds.attrs["axes"]))
     fixed = lambda k, text: [] if k in swept else [text]  # noqa: E731  (swept ones label the panels)
     task = f"{c['task']} mod p={c['p']}" if not {"task", "p"} & swept else None
-    model = c.get("model", "mlp2")
-    width = (f"d={c['width']}, {c.get('heads', 4)} heads" + (", LayerNorm" if c.get("layernorm") else "")
-             if model == "transformer" else f"N={c['width']}")
+    model, about_model = title_parts(c, swept)  # its name, width and options, from its ModelSpec
     parts = [*fixed("model", model), *([task] if task else fixed("task", c["task"]) + fixed("p", f"p={c['p']}")),
-             *fixed("width", width), *(fixed("activation", f"φ={c['activation']}") if model == "mlp2" else []),
-             *([f"{c['parameterization']} init"] if model == "mlp3" and "model" not in swept else []),
-             *fixed("loss", c["loss"]), f"{c['steps']} steps"]
+             *about_model, *fixed("loss", c["loss"]), f"{c['steps']} steps"]
     if c.get("batch_size") and "batch_size" not in swept:
         parts.append(f"batch {c['batch_size']}")
     parts += [f"{k}={c[k]}" for k in ("lr", "alpha", "xi", "wd", "dropout") if k not in swept]

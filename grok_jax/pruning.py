@@ -1,4 +1,4 @@
-"""Pruning by IPR (PAPER.md §6, finding 5; Fig. 6): neurons zeroed cumulatively, no retraining.
+"""Pruning by IPR (Doshi et al., arXiv:2310.13061, Fig. 6): neurons zeroed cumulatively, no retraining.
 
 From a results store's final parameters, each lane's neurons are ranked by their
 final IPR and zeroed in that order through the model's neuron mask: lowest IPR
@@ -12,12 +12,10 @@ static group (``vmap`` over lanes, ``lax.map`` over the counts):
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import xarray as xr
 
@@ -26,7 +24,6 @@ from grok_jax import metrics, results
 from grok_jax.data import held_out_rows, make_dataset, num_pairs, training_rows
 from grok_jax.errors import ConfigError
 from grok_jax.models import final_specs, get_model, nest_variables
-from grok_jax.plan import make_plan
 from grok_jax.train import Lane, inputs, stream_key
 
 # The metrics of a pruned network (those of grok_jax.metrics.METRICS that depend on the logits).
@@ -109,8 +106,7 @@ def prune(store: str | xr.Dataset, fractions: Sequence[float] | None = None, ran
     ds = results.load_results(store) if not isinstance(store, xr.Dataset) else store
     if not (isinstance(random, (int, np.integer)) and not isinstance(random, bool) and random >= 0):
         raise ConfigError(f"random={random!r} must be an integer >= 0 (random pruning orders per lane)")
-    config = ml_collections.ConfigDict(json.loads(ds.attrs["config"]))
-    plan = make_plan(config, memory_gb=1e9)
+    plan = results.stored_plan(ds, "the dataset")
     models = [get_model(cfg.static_config(g.config)) for g in plan.groups]
     missing = sorted({path for m in models for path in m.param_dims if path not in ds})
     if missing:

@@ -44,7 +44,7 @@ import xarray as xr
 import zarr
 
 from grok_jax import phases
-from grok_jax.errors import ConfigError, StoreWriteError
+from grok_jax.errors import ConfigError, StoreDamaged, StoreWriteError
 
 try:
     import fcntl
@@ -63,10 +63,11 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _find_syncfs()
 
 STORE = "results.zarr"  # name of the store inside an output directory
-FORMAT = 4  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups;
-# 4: grokking and unlearning steps)
+FORMAT = 5  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups;
+# 4: grokking and unlearning steps; 5: the plan)
 PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
 REPLACED = ".{name}.replaced-"  # prefix of a store being replaced (--overwrite), before its removal
+GROWN = ".{name}.before-growth-"  # prefix of a store being grown, until the grown one is in place
 
 
 def store_path(out: str | os.PathLike) -> str:
@@ -104,34 +105,79 @@ def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, metric_na
     return ds
 
 
-def create(path: str, flat: xr.Dataset, lanes_per_chunk: int) -> None:
-    """Writes ``flat`` (see :func:`empty`) as a new store, every variable chunked
+def new_results(config_json: str, plan: Any) -> xr.Dataset:
+    """The flat results of a plan's grid before any lane ran (:func:`empty`), with
+    the plan in the attributes. Metrics and final arrays are the union over the
+    static groups, each dim as large as its largest group's."""
+    import jax
+
+    from grok_jax import config as cfg
+    from grok_jax import metrics
+    from grok_jax.models import final_specs, get_model
+    from grok_jax.train import opt_state_specs
+
+    config = plan.groups[0].config
+    steps = np.arange(0, config.steps + 1, config.log_every)
+    names, dims, sizes = [], {}, {}
+    for group in plan.groups:
+        model = get_model(cfg.static_config(group.config))
+        params = jax.eval_shape(model.init, jax.random.key(0))["params"]
+        names += [n for n in metrics.metric_names(tuple(model.norm_leaves(params))) if n not in names]
+        specs = {name: (spec.dims, spec.shape) for name, spec in final_specs(model).items()}
+        if plan.keep_state:
+            specs.update(opt_state_specs(cfg.static_config(group.config), model))
+        for name, (d, shape) in specs.items():
+            if dims.setdefault(name, d) != d:
+                raise ConfigError(f"{name} has dims {dims[name]} in one static group and {d} in another")
+            for k, n in zip(d, shape):
+                sizes[k] = max(sizes.get(k, 0), n)
+    clash = sorted(set(sizes) & set(plan.axes))
+    if clash:
+        raise ConfigError(f"the model's dim {clash[0]!r} has the name of a swept axis")
+    finals = {name: (d, tuple(sizes[k] for k in d)) for name, d in dims.items()}
+    finals.update({name: ((), ()) for name in phases.SUMMARY})  # see grok_jax.phases.summarize
+    flat = empty(config_json, plan.axes, steps, tuple(names), finals)
+    flat.attrs["plan"] = plan.to_json()
+    return flat
+
+
+def create(path: str, flat: xr.Dataset, lanes_per_chunk: int, log: Callable[[str], None] = print,
+           keep_old: bool = False) -> None:
+    """Writes ``flat`` (see :func:`new_results`) as a new store, every variable chunked
     along ``lane`` in blocks of ``lanes_per_chunk`` lanes, ``done`` too: each chunk
     file of ``done`` is replaced atomically, and the processes of a multi-host run
-    write disjoint blocks (:func:`grok_jax.plan.process_chunks`).
+    write disjoint blocks (:meth:`grok_jax.plan.Plan.share`).
 
     The store is built as ``.<name>.partial-<host>-<pid>-<random>`` beside ``path``
-    and renamed to ``path`` once whole (call it under :func:`exclusive`)."""
+    and renamed to ``path`` once whole (call it under :func:`exclusive`). A store
+    already there is moved aside first and removed after: with ``keep_old`` (a
+    grown store replacing its original) under a name that :func:`remove_leftovers`
+    restores if the run dies between the two renames, else (``--overwrite``) under
+    one it removes."""
     parent, name = os.path.split(os.path.abspath(path))
     partial = os.path.join(parent, f"{PARTIAL.format(name=name)}{socket.gethostname()}-{os.getpid()}-"
                                    f"{uuid.uuid4().hex[:8]}")
     encoding = {k: {"chunks": (lanes_per_chunk,) + v.shape[1:]} for k, v in flat.data_vars.items()}
+    if os.path.exists(path) and not keep_old:
+        log(f"replacing {path} (--overwrite)")
     try:
         flat.to_zarr(partial, mode="w-", encoding=encoding, consolidated=False)
-        _publish(partial, path)
+        _flush(partial)
+        _publish(partial, path, GROWN if keep_old else REPLACED)
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
-        raise StoreWriteError(f"cannot create {path}: {_reason(e)}") from e
+        raise StoreWriteError(f"cannot {'grow' if keep_old else 'create'} {path}: {_reason(e)}"
+                              + ("; the store is as it was" if keep_old else "")) from e
 
 
-def _publish(partial: str, path: str) -> None:
-    """Renames the whole new store into place (atomic); a store already there
-    (``--overwrite``) is first moved aside, then removed."""
+def _publish(partial: str, path: str, aside: str) -> None:
+    """Renames the whole new store into place (atomic); a store already there is
+    first moved aside (``aside``: the prefix of its temporary name), then removed."""
     if not os.path.exists(path):
         os.rename(partial, path)
         return
     parent, name = os.path.split(os.path.abspath(path))
-    old = os.path.join(parent, f"{REPLACED.format(name=name)}{uuid.uuid4().hex[:8]}")
+    old = os.path.join(parent, f"{aside.format(name=name)}{uuid.uuid4().hex[:8]}")
     os.rename(path, old)
     os.rename(partial, path)
     shutil.rmtree(old, ignore_errors=True)
@@ -164,30 +210,34 @@ def exclusive(path: str) -> Iterator[None]:
 
 
 def remove_leftovers(path: str, log: Callable[[str], None] = print) -> None:
-    """Removes the partial stores of killed runs beside ``path`` (under :func:`exclusive`)."""
+    """Cleans up after killed runs (under :func:`exclusive`): a store whose growth
+    died between its two renames is put back as it was; partial stores and stores
+    set aside are removed."""
     parent, name = os.path.split(os.path.abspath(path))
     for entry in sorted(os.listdir(parent)):
-        if entry.startswith(PARTIAL.format(name=name)):
-            log(f"removing {os.path.join(parent, entry)}: the unfinished store of a killed run")
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        full = os.path.join(parent, entry)
+        if entry.startswith(GROWN.format(name=name)) and not os.path.exists(path):
+            log(f"restoring {path} from {full}: its growth was interrupted")
+            os.rename(full, path)
+        elif entry.startswith(GROWN.format(name=name)):
+            shutil.rmtree(full, ignore_errors=True)  # the grown store is in place
+        elif entry.startswith(PARTIAL.format(name=name)):
+            log(f"removing {full}: the unfinished store of a killed run")
+            shutil.rmtree(full, ignore_errors=True)
         elif entry.startswith(REPLACED.format(name=name)):
-            log(f"removing {os.path.join(parent, entry)}: a store replaced by --overwrite")
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+            log(f"removing {full}: a store replaced by --overwrite")
+            shutil.rmtree(full, ignore_errors=True)
 
 
-def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = (),
-                   defaults: dict | None = None, overwrite: bool = False) -> xr.Dataset | None:
-    """The store at ``path`` if it may be resumed with ``config_json``; ``None`` if
-    there is none, or with ``overwrite`` (it is to be replaced: see :func:`prepare`).
-    A ``ConfigError`` names what is wrong otherwise (not a store, an old format,
-    another config up to the ``resumable`` fields); nothing is written. A field the
-    stored config lacks (added to grok_jax since) counts as its value in
-    ``defaults``."""
-    if overwrite or not os.path.exists(path):
+def open_store(path: str) -> xr.Dataset | None:
+    """The store at ``path`` (flat, lazily loaded), or ``None`` if there is none; a
+    ``ConfigError`` says what is wrong with one that is not a store of this format."""
+    if not os.path.exists(path):
         return None
     try:
         ds = _open(path)
-        old, fmt = json.loads(ds.attrs["config"]), int(ds.attrs.get("format", 0))
+        fmt = int(ds.attrs.get("format", 0))
+        json.loads(ds.attrs["config"])
         ds["done"]
     except Exception as e:  # noqa: BLE001 - any unreadable store is refused
         raise ConfigError(f"{path} exists but is not a complete grok_jax results store "
@@ -195,91 +245,46 @@ def open_to_resume(path: str, config_json: str, resumable: tuple[str, ...] = (),
     if fmt != FORMAT:
         raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
                           "choose another --out")
-    new = json.loads(config_json)  # numbers compare by value: (0, 5) is (0.0, 5.0); no field may be NaN
-    old = {**{k: v for k, v in (defaults or {}).items() if k not in old}, **old}
-    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in resumable)
-    if diff:
-        k = diff[0]
-        raise ConfigError(f"{path} holds results of another config ({k}={old.get(k)!r} there, {new.get(k)!r} now); "
-                          "write to another directory, replace it with --overwrite, or resume it with the same config")
     return ds
 
 
-def stored_layout(ds: xr.Dataset) -> dict | None:
-    """The layout a store was written with (see :func:`prepare`), or ``None`` for a
-    store of an earlier version, which records none."""
-    if "layout" not in ds.attrs:
-        return None
+def stored_plan(ds: xr.Dataset, path: str):
+    """The plan stored with the results (:meth:`grok_jax.plan.Plan.to_json`)."""
+    from grok_jax.plan import from_json
+
     try:
-        layout = json.loads(ds.attrs["layout"])
-        if not (isinstance(layout.get("platform"), str) and all(
-                isinstance(g[k], int) for g in layout["groups"] for k in ("group", "n_max", "lanes_per_device"))):
-            raise ValueError("no platform, or a compile group without integer group, n_max, lanes_per_device")
-        return layout
+        return from_json(ds.attrs["plan"])
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"the layout recorded in the store is unreadable ({type(e).__name__}: {e}); "
-                          "choose another --out") from e
+        raise ConfigError(f"the plan recorded in {path} is unreadable ({type(e).__name__}: {e}); "
+                          "choose another --out, or replace it with --overwrite") from e
 
 
-def prepare(path: str, existing: xr.Dataset | None, config_json: str, make_empty: Callable[[], xr.Dataset],
-            lanes_per_chunk: int, resumable: tuple[str, ...] = (), log: Callable[[str], None] = print,
-            layout: dict | None = None, run: dict | None = None, replace: bool = False) -> np.ndarray:
-    """Creates the store at ``path`` (with ``replace``, in place of the one there),
-    or takes ``existing`` (from :func:`open_to_resume`, which checked its config) to
-    resume; under :func:`exclusive`. Returns the mask of the lanes already committed.
-
-    ``run`` (JSON-able: what runs now, versions and devices) is appended to the
-    store's ``runs`` attribute, a list with one entry per run that wrote to it.
-
-    New values of the ``resumable`` fields, and ``layout`` (JSON-able: the platform
-    and each compile group's layout) where a store of an earlier version has none,
-    are recorded in its attributes (a new store has its layout from ``make_empty``).
-    Lanes marked done without results (a crash while an earlier version, whose
-    ``done`` was no commit mark, wrote them) are reported and count as not done.
-    """
-    remove_leftovers(path, log)
-    if existing is None:
-        if os.path.exists(path) and not replace:
-            raise ConfigError(f"{path} exists; it is replaced only with --overwrite")
-        flat = make_empty()
-        flat.attrs["runs"] = json.dumps([run] if run else [], sort_keys=True)
-        if os.path.exists(path):
-            log(f"replacing {path} (--overwrite)")
-        create(path, flat, lanes_per_chunk)
-        return flat["done"].values
-    ds = existing
-    old, new, done = json.loads(ds.attrs["config"]), json.loads(config_json), ds["done"].values
+def record_run(path: str, ds: xr.Dataset, config_json: str, recorded: tuple[str, ...], run: dict) -> None:
+    """A resumed store's attributes: ``run`` appended to ``runs`` (one entry per run
+    that wrote to the store), and the ``recorded`` fields of ``config_json`` that
+    changed (e.g. ``plot``)."""
     _check_writable(path)
-    if run:
-        _set_attr(path, "runs", json.dumps([*json.loads(ds.attrs.get("runs", "[]")), run], sort_keys=True))
-    if any(old.get(k) != new.get(k) for k in resumable):
-        _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in resumable}}, sort_keys=True))
-    if layout is not None and "layout" not in ds.attrs:
-        log(f"warning: {path} records no layout (an earlier version); its remaining lanes run in this "
-            "version's layout, which may round differently from its finished ones")
-        _set_attr(path, "layout", json.dumps(layout, sort_keys=True))
-    empty_done = done & ~_has_results(ds)
-    if empty_done.any():
-        log(f"warning: {int(empty_done.sum())} lane(s) of {path} were marked done without results "
-            "(an earlier version crashed while writing them); running them again")
+    _set_attr(path, "runs", json.dumps([*json.loads(ds.attrs.get("runs", "[]")), run], sort_keys=True))
+    old, new = json.loads(ds.attrs["config"]), json.loads(config_json)
+    if any(old.get(k) != new.get(k) for k in recorded):
+        _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in recorded}}, sort_keys=True))
+
+
+def append_run(flat: xr.Dataset, run: dict) -> None:
+    """Appends ``run`` to the ``runs`` attribute of flat results in memory."""
+    flat.attrs["runs"] = json.dumps([*json.loads(flat.attrs.get("runs", "[]")), run], sort_keys=True)
+
+
+def committed(ds: xr.Dataset, log: Callable[[str], None] | None = None) -> np.ndarray:
+    """The lanes of store ``ds`` marked done with their results. Lanes marked done
+    without them (a chunk file lost) are reported to ``log`` and count as not done."""
+    with readable(ds.encoding.get("source", "the store")):
+        done = ds["done"].values
+        empty_done = done & ~_has_results(ds)
+    if empty_done.any() and log is not None:
+        log(f"warning: {int(empty_done.sum())} lane(s) were marked done without results (a lost chunk "
+            "file); running them again")
     return done & ~empty_done
-
-
-def committed(ds: xr.Dataset) -> np.ndarray:
-    """The lanes of store ``ds`` marked done with their results."""
-    return ds["done"].values & _has_results(ds)
-
-
-def lane_chunk(path: str) -> int:
-    """Lanes per chunk of the store's files; ``ConfigError`` when ``done`` is chunked
-    otherwise (a store of an earlier version: one chunk), which several processes
-    cannot share."""
-    group = zarr.open_group(path, mode="r")
-    size, done = group["train_loss"].chunks[0], group["done"].chunks[0]
-    if done != size and group["done"].shape[0] > size:
-        raise ConfigError(f"{path} was written by an earlier version, whose done mark several processes cannot "
-                          "share; resume it with one process, or choose another --out")
-    return size
 
 
 def _has_results(ds: xr.Dataset) -> np.ndarray:
@@ -386,7 +391,9 @@ def load_results(path: str | os.PathLike, parameters: bool = True) -> xr.Dataset
     flat = _open(path)
     if not parameters:
         flat = flat.drop_vars([name for name in flat.data_vars if "." in name])
-    return to_grid(flat.load())
+    with readable(path):
+        flat = flat.load()
+    return to_grid(flat)
 
 
 def to_grid(flat: xr.Dataset) -> xr.Dataset:
@@ -400,12 +407,69 @@ def to_grid(flat: xr.Dataset) -> xr.Dataset:
     coords = {name: (name, list(values)) for name, values in axes.items()}
     coords.update({name: flat[name] for name in flat.dims if name != "lane"})
     ds = xr.Dataset(data, coords, flat.attrs)
+    ds["ran"] = ds["done"]  # cells of a partial grid never run are NaN, phase -1
     if "seed" in axes:
         top, frac = phases.majority(ds["phase"].values, axis=list(axes).index("seed"))
         dims = tuple(a for a in axes if a != "seed")
         ds["phase_majority"] = (dims, top, ds["phase"].attrs)
         ds["phase_fraction"] = (dims, frac)
     return ds
+
+
+@contextlib.contextmanager
+def readable(path: str) -> Iterator[None]:
+    """Reads of the store at ``path`` inside it that fail on a damaged chunk raise
+    :class:`StoreDamaged` naming the first damaged chunk (:func:`damaged_chunks`)."""
+    try:
+        yield
+    except (StoreDamaged, MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - a codec's error on bad bytes is of any type
+        bad = damaged_chunks(path) if os.path.isdir(path) else []
+        if not bad:
+            raise
+        name, lo, hi, why = bad[0]
+        more = f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else ""
+        raise StoreDamaged(f"{path}: variable {name!r}, lanes {lo}-{hi - 1}, cannot be read ({why}){more}; run "
+                           "the sweep again with --repair to recompute the lanes of damaged chunks, or with "
+                           "--overwrite to start over") from e
+
+
+def damaged_chunks(path: str) -> list[tuple[str, int, int, str]]:
+    """Every chunk of the store's variables that cannot be read: ``(variable, first
+    lane, end lane, why)``, reading each lane chunk of each variable on its own."""
+    bad = []
+    for name, array in sorted(zarr.open_group(path, mode="r").arrays()):
+        if "lane" not in array.metadata.dimension_names[:1]:
+            continue
+        step = array.chunks[0]
+        for lo in range(0, array.shape[0], step):
+            try:
+                array[lo:lo + step]
+            except Exception as e:  # noqa: BLE001
+                bad.append((name, lo, min(lo + step, array.shape[0]), f"{type(e).__name__}: {_first_line(e)}"))
+    return bad
+
+
+def repair(path: str, log: Callable[[str], None] = print) -> int:
+    """Rewrites every damaged chunk (:func:`damaged_chunks`) with its fill value and
+    marks its lanes not done, so that the sweep recomputes them; returns how many
+    lanes. Under :func:`exclusive`."""
+    group = zarr.open_group(path, mode="r+")
+    bad = damaged_chunks(path)
+    for name, lo, hi, why in bad:
+        log(f"repairing {path}: {name!r} lanes {lo}-{hi - 1} ({why}) will be recomputed")
+        array = group[name]
+        array[lo:hi] = np.full((hi - lo, *array.shape[1:]), array.fill_value, array.dtype)
+    lanes = sorted({lane for _, lo, hi, _ in bad for lane in range(lo, hi)})
+    if lanes:
+        group["done"][lanes[0]:lanes[-1] + 1] = group["done"][lanes[0]:lanes[-1] + 1] & ~np.isin(
+            np.arange(lanes[0], lanes[-1] + 1), lanes)
+    return len(lanes)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:200]
 
 
 def _open(path: str) -> xr.Dataset:

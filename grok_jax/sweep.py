@@ -7,7 +7,6 @@ the phase table and the figures; every error is one line and an exit status.
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
@@ -15,20 +14,16 @@ import jax
 import ml_collections
 
 from grok_jax import config as cfg
-from grok_jax import layouts, results
-from grok_jax.errors import PREEMPTED_STATUS, ConfigError, PeerFailed, Preempted, StoreWriteError
-from grok_jax.execution import (CHECKPOINT_MINUTES, check_checkpointing, default_cache_dir, run_sweep,
-                                use_compilation_cache)
-from grok_jax.plan import check_resources
+from grok_jax import results
+from grok_jax.cli import Hosts, check_hosts, start
+from grok_jax.cli import fail as _fail
+from grok_jax.errors import PREEMPTED_STATUS, ConfigError, PeerFailed, Preempted, StoreDamaged, StoreWriteError
+from grok_jax.execution import Options, check_checkpointing, run_sweep, sweep
+from grok_jax.plan import check_fits, check_resources
+from grok_jax.programs import default_cache_dir
+from grok_jax.runner import CHECKPOINT_MINUTES
 
 __all__ = ["main", "run_sweep"]
-
-
-def _fail(error: Exception | str, status: int = 2) -> None:
-    """One line on stderr, no traceback: bad input exits with status 2, a store or
-    figure that could not be written with 1."""
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(status)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,6 +56,11 @@ def main(argv: list[str] | None = None) -> None:
                                  "state at most this often (minutes)", flag_values=fv)
     overwrite = flags.DEFINE_bool("overwrite", False, "replace the store in --out, whatever it holds, instead of "
                                   "resuming it", flag_values=fv)
+    keep_state = flags.DEFINE_bool("keep_state", True, "store each lane's final optimizer state (twice the size "
+                                   "of its parameters) so that a later run with more --config.steps continues it; "
+                                   "--nokeep_state saves that space", flag_values=fv)
+    repair = flags.DEFINE_bool("repair", False, "recompute the lanes of the store's damaged chunks (named by the "
+                               "error that a damaged store gives) and resume", flag_values=fv)
     accelerator = flags.DEFINE_bool("accelerator_layout", False, "follow the GPU/TPU layout rules (no row "
                                     "blocks, lanes batched per device, no readout padding) on any platform, "
                                     "e.g. to test that path on a CPU", flag_values=fv)
@@ -97,37 +97,29 @@ def main(argv: list[str] | None = None) -> None:
             changed = cfg.switch_model(config.value, grid_config, scale.value, given_fields(argv))
         except ConfigError as e:
             _fail(e)
-    std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # no INFO about absent TPUs
     name = os.path.splitext(os.path.basename(grid.value))[0]
     target = out.value or os.path.join("results", name + ("_paper" if scale.value == "paper" else ""))
     if target.rstrip("/").endswith(".zarr"):
         _fail(ConfigError(f"--out={target} ends in .zarr: it names the output directory, which holds the "
                           f"store {results.STORE} and the figures; e.g. --out={target.rstrip('/')[:-5]}"))
-    try:  # all input checked before the cache directory is made
+    hosts = Hosts(distributed.value, coordinator.value, n_processes.value, process_id.value)
+    try:  # all input checked once, here, before the cache directory is made
         cfg.check_config(config.value)
         check_resources(memory.value, per_device.value or None)
+        check_fits(config.value, memory.value)
         check_checkpointing(config.value, every.value, minutes.value)
+        check_hosts(hosts)
     except ConfigError as e:
         _fail(e)
     if changed:
         print(f"model={config.value.model}: its own settings {', '.join(f'{k}={v}' for k, v in changed.items())} "
               "(set them with --config.FIELD=VALUE)")
-    layouts.use_cpu_cores()  # before anything runs JAX
-    _start_distributed(distributed.value, coordinator.value, n_processes.value, process_id.value)
-    if cache.value:
-        try:
-            use_compilation_cache(cache.value)
-        except OSError as e:
-            if cache.present:
-                _fail(ConfigError(f"--compilation_cache={cache.value} is not usable ({e.strerror or e}); "
-                                  "choose another directory, or '' to compile every time"))
-            print(f"warning: no compilation cache ({cache.value}: {e.strerror or e})", file=sys.stderr)
+    start(cache.value, cache.present, hosts)
     store = results.store_path(target)
+    options = Options(memory.value, per_device.value or None, every.value, minutes.value, overwrite.value,
+                      repair.value, accelerator.value, keep_state.value, parameters=False)  # the figures need no parameters
     try:
-        ds = run_sweep(config.value, target, memory.value, lanes_per_device=per_device.value or None,
-                       parameters=False,  # the figures need no parameters
-                       checkpoint_steps=every.value, checkpoint_minutes=minutes.value, overwrite=overwrite.value,
-                       accelerator_layout=accelerator.value)
+        ds = sweep(config.value, target, options)
         if jax.process_index():  # process 0 shows and draws the results
             return
         from grok_jax import plotting  # matplotlib: imported only to draw (a second less to start)
@@ -140,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {path}")
     except ConfigError as e:
         _fail(e)
-    except (StoreWriteError, PeerFailed) as e:
+    except (StoreWriteError, StoreDamaged, PeerFailed) as e:
         _fail(e, status=1)
     except Preempted as e:
         _fail(e, status=PREEMPTED_STATUS)
@@ -151,28 +143,6 @@ def main(argv: list[str] | None = None) -> None:
         kept = f"the lanes committed to {store} are kept" if os.path.exists(store) else "no results were written"
         _fail(f"interrupted; {kept}: run the same command again to resume", status=130)
     print(f"results: {store}  (grok_jax.load_results({target!r}))")
-
-
-def _start_distributed(auto: bool, address: str | None, count: int | None, index: int | None) -> None:
-    """``jax.distributed.initialize`` for a multi-host run (before anything else runs
-    JAX): with the three flags, or with ``--distributed`` from the cluster's settings."""
-    given = [address is not None, count is not None, index is not None]
-    if not auto and not any(given):
-        return
-    if any(given) and not all(given):
-        _fail(ConfigError("--coordinator_address, --num_processes and --process_id go together (or use "
-                          "--distributed on a TPU VM or under SLURM)"))
-    if all(given) and not (count >= 1 and 0 <= index < count):
-        _fail(ConfigError(f"--process_id={index} must be in [0, --num_processes={count})"))
-    # Processes coordinate (the store's setup, the end) through collectives; CPUs have them with gloo.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        if all(given):
-            jax.distributed.initialize(address, num_processes=count, process_id=index)
-        else:
-            jax.distributed.initialize()
-    except (RuntimeError, ValueError) as e:
-        _fail(ConfigError(f"jax.distributed.initialize failed: {e}"))
 
 
 def given_fields(argv: list[str]) -> set[str]:

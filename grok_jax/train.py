@@ -26,7 +26,7 @@ import optax
 from grok_jax import metrics
 from grok_jax.data import (Rows, batch_rows, batches_per_epoch, epoch_order, held_out_rows, make_dataset,
                            num_pairs, training_rows)
-from grok_jax.models import Inputs, Model, Variables, get_model
+from grok_jax.models import Inputs, Model, Variables, get_model, optimizer_groups
 
 # Each random stream gets its own key, ``fold_in(key(seed), stream)``, so changing
 # one setting (e.g. dropout) never changes another stream (e.g. the split).
@@ -59,9 +59,23 @@ def inputs(rows: Rows) -> Inputs:
     return Inputs(rows.m, rows.n, rows.pair, rows.train)
 
 
-def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any) -> optax.GradientTransformation:
-    """AdamW with PyTorch semantics: ``w ← w − lr·(adam_update + wd·w)``."""
-    return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd)
+def make_optimizer(lr: jax.Array, wd: jax.Array, config: Any, model: Model | None = None
+                   ) -> optax.GradientTransformation:
+    """AdamW with PyTorch semantics: ``w ← w − lr·(adam_update + wd·w)``. With a
+    ``model`` that has parameter groups (:func:`grok_jax.models.optimizer_groups`),
+    PyTorch's AdamW with those groups: leaf ``w`` at ``lr_g = lr·lr_scale`` (a static
+    factor per leaf times the traced ``lr``), ``w ← w − lr_g·(adam_update + wd_g·w)``,
+    ``wd_g`` ``wd`` where the group decays, else 0."""
+    groups = None
+    if getattr(model, "optimizer_groups", None) is not None:
+        shapes = jax.eval_shape(model.init, jax.random.key(0))["params"]
+        groups = optimizer_groups(model, shapes)
+    if groups is None:
+        return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd)
+    scale = lambda updates: jax.tree.map(lambda u, f: u * f, updates, groups.lr_scale)  # noqa: E731
+    return optax.chain(optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=wd,
+                                   mask=groups.decay),
+                       optax.stateless(lambda updates, params: scale(updates)))
 
 
 def make_gradient(config: Any, model: Model, row_blocks: int = 1
@@ -122,6 +136,7 @@ class RunState(NamedTuple):
     variables: Variables  # parameters and model state
     opt_state: Any  # AdamW's
     log: Log  # every metric over the logged steps; NaN where not logged yet
+    peak_train_acc: jax.Array  # highest training accuracy of the steps so far (see make_run); NaN before any
 
 
 class Run(NamedTuple):
@@ -173,8 +188,20 @@ def make_run(config: Any, n_max: int, row_blocks: int = 1, columns: int | None =
     :func:`grok_jax.metrics.metric_names` to an array over the
     ``steps // log_every + 1`` logged steps (step 0 first; entry ``i`` is the state
     after ``i·log_every`` steps, in eval mode); ``final`` holds ``ipr_<group>``
-    (per-neuron IPR at the end, per neuron group of the model) and the final
-    ``variables`` (parameters and model state).
+    (per-neuron IPR at the end, per neuron group of the model), the final
+    ``variables`` (parameters and model state) and ``peak_train_acc``.
+
+    ``peak_train_acc`` is the highest training accuracy over every step of the run,
+    as that step's training forward pass computed it (the same
+    :func:`grok_jax.metrics.row_sums` its gradient comes from, before the update):
+    full batch, the accuracy on all the training rows; with mini-batches, on the
+    step's batch; in train mode (dropout masks applied, BatchNorm with the step's
+    batch statistics). The states before steps ``0 … steps − 1`` are covered, not
+    the final one (its accuracy is the last logged ``train_acc``). Without dropout,
+    BatchNorm or mini-batches this is the eval-mode training accuracy of every
+    state the run passed through; with them it is not comparable with the logged
+    ``train_acc``. A maximum of exact counts over fixed steps, it is the same
+    however the run is cut into ``advance`` calls.
 
     Example:
       >>> run = make_run(config, n_max=60)
@@ -214,7 +241,7 @@ def make_run(config: Any, n_max: int, row_blocks: int = 1, columns: int | None =
             stream_key(lane.seed, "split"), stream_key(lane.seed, "corrupt"),
             lane.n_train, lane.n_corrupt, task=config.task, p=p, n_max=n_max,
         )
-        opt = make_optimizer(lane.lr, lane.wd, config)
+        opt = make_optimizer(lane.lr, lane.wd, config, model)
         dropout_key, batch_key = stream_key(lane.seed, "dropout"), stream_key(lane.seed, "batch")
         rows, n_train = training_rows(ds, n_max), jnp.sum(ds.train)
         blocks = rows if row_blocks == 1 else training_rows(ds, n_max, row_blocks)
@@ -264,13 +291,14 @@ def make_run(config: Any, n_max: int, row_blocks: int = 1, columns: int | None =
             return rows_t, jnp.sum(rows_t.train)
 
         def step(carry: tuple, t: jax.Array, orders: tuple | None) -> tuple[tuple, Sums]:
-            variables, opt_state = carry
+            variables, opt_state, peak = carry
             step_in, count = step_rows(orders, t)
             grads, (sums, state) = gradient(variables, step_in, count, lane.dropout,
                                             jax.random.fold_in(dropout_key, t))
             updates, opt_state = opt.update(grads, opt_state, variables["params"])
             variables = {**variables, **state, "params": optax.apply_updates(variables["params"], updates)}
-            return (variables, opt_state), sums
+            accuracy = sums["train_acc"] / count.astype(sums["train_acc"].dtype)  # as metrics.means divides
+            return (variables, opt_state, jnp.fmax(peak, accuracy)), sums
 
         def logged_block(carry: tuple, block: jax.Array) -> tuple[tuple, Log]:
             # Logs the state the block starts from, with its first step's forward pass.
@@ -289,20 +317,60 @@ def make_run(config: Any, n_max: int, row_blocks: int = 1, columns: int | None =
         variables = model.init(stream_key(lane.seed, "init"))
         nan = lambda s: jnp.full((n_logs + 1, *s.shape), jnp.nan, s.dtype)  # noqa: E731
         log = jax.tree.map(nan, jax.eval_shape(bound.evaluate, variables))
-        return RunState(variables, bound.opt.init(variables["params"]), log)
+        return RunState(variables, bound.opt.init(variables["params"]), log, jnp.float32(jnp.nan))
 
     def advance(lane: Lane, state: RunState, first: jax.Array, blocks: int) -> RunState:
-        carry = (state.variables, state.opt_state)
-        carry, entries = jax.lax.scan(bind(lane).logged_block, carry, first + jnp.arange(blocks))
+        carry = (state.variables, state.opt_state, state.peak_train_acc)
+        (variables, opt_state, peak), entries = jax.lax.scan(bind(lane).logged_block, carry,
+                                                             first + jnp.arange(blocks))
         log = jax.tree.map(lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new, first, 0),
                            state.log, entries)
-        return RunState(*carry, log)
+        return RunState(variables, opt_state, log, peak)
 
     def finish(lane: Lane, state: RunState) -> tuple[Log, Log]:
         bound, variables = bind(lane), state.variables
         log = jax.tree.map(lambda buf, last: buf.at[n_logs].set(last), state.log, bound.evaluate(variables))
         final = {f"ipr_{group}": v for group, v in model.neuron_ipr(variables["params"]).items()}
         final["variables"] = bound.refreshed(variables)[0]
+        final["peak_train_acc"] = state.peak_train_acc
+        final["opt_state"] = state.opt_state  # with variables and the peak: what a longer run continues from
         return log, final
 
     return Run(start, advance, finish, n_logs)
+
+
+def opt_state_leaves(opt_state: Any) -> dict[str, jax.Array]:
+    """The optimizer state's leaves under dotted names, ``"opt_state.0.mu.U"`` (the
+    store's variables: a longer run continues from them)."""
+    return {"opt_state." + ".".join(_key_name(k) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]}
+
+
+def opt_state_from(leaves: dict[str, Any], like: Any) -> Any:
+    """The optimizer state of structure ``like`` from its :func:`opt_state_leaves`."""
+    names = list(opt_state_leaves(like))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like), [leaves[n] for n in names])
+
+
+def opt_state_specs(config: Any, model: Model) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+    """``name -> (dims, shape)`` of every optimizer-state leaf of a lane: AdamW's
+    moments over their parameter's dims (e.g. ``opt_state.0.mu.U`` over
+    ``params.U``'s), the step count without any."""
+    params = jax.eval_shape(model.init, jax.random.key(0))["params"]
+    opt = make_optimizer(jnp.float32(0), jnp.float32(0), config, model)
+    specs = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(opt.init, params))[0]:
+        names = [_key_name(k) for k in path]
+        moment = next((i for i, n in enumerate(names) if n in ("mu", "nu")), None)
+        param = "params." + ".".join(names[moment + 1:]) if moment is not None else None
+        dims = tuple(model.param_dims[param]) if param in model.param_dims else ()
+        specs["opt_state." + ".".join(names)] = (dims, tuple(leaf.shape))
+    return specs
+
+
+def _key_name(key: Any) -> str:
+    """A pytree path key as the dotted names write it."""
+    for field in ("key", "name", "idx"):
+        if hasattr(key, field):
+            return str(getattr(key, field))
+    return str(key)

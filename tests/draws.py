@@ -1,4 +1,4 @@
-"""The random draws of one run, from the keys the README documents
+"""The random draws of one run, from the keys docs/design.md documents
 (``fold_in(key(seed), stream)``), for the NumPy reference to build everything else
 from: the shuffle of the pairs, the noise labels, the initial normals, the dropout
 uniforms (step ``t``: ``fold_in(dropout key, t)``, then one key per pair index), the

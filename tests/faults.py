@@ -3,7 +3,8 @@
     python tests/faults.py FAULT N -- --grid=tiny --out=DIR ...
 
 FAULT is one of:
-  kill_creating      SIGKILL once the new store is built, before its rename into place
+  kill_creating      SIGKILL once the new (or grown) store is built, before its rename into place
+  kill_mid_swap      SIGKILL once the store is moved aside, before the grown one is renamed into place
   kill_before_done   SIGKILL at the N-th chunk commit, its variables written, before its done mark
   kill_after_commit  SIGKILL right after the N-th chunk commit (between chunks)
   interrupt          Ctrl-C (KeyboardInterrupt) at the N-th chunk commit, before its done mark
@@ -38,7 +39,7 @@ import time
 import jax
 import zarr.storage
 
-from grok_jax import checkpoints, execution, results
+from grok_jax import checkpoints, peers, results, runner
 from grok_jax.sweep import main as sweep_main
 
 
@@ -59,17 +60,17 @@ def _term() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-_PEERS: list = []  # the sweep's execution._Peers
+_PEERS: list = []  # the sweep's peers.Peers
 
 
 def _record_peers() -> None:
-    init = execution._Peers.__init__
+    init = peers.Peers.__init__
 
     def recording(self, *args, **kwargs):
         init(self, *args, **kwargs)
         _PEERS.append(self)
 
-    execution._Peers.__init__ = recording
+    peers.Peers.__init__ = recording
 
 
 def _wait_for(kind: str, process: int | None = None) -> None:
@@ -110,6 +111,13 @@ def _on_call(fn, n: int, before=None, after=None):
     return wrapped
 
 
+def _moved_aside_then_kill(partial: str, path: str, aside: str) -> None:
+    """The first of the two renames that put a grown store in place, then SIGKILL."""
+    parent, name = os.path.split(os.path.abspath(path))
+    os.rename(path, os.path.join(parent, f"{aside.format(name=name)}killed"))
+    _kill()
+
+
 def _compiling(n: int, fault) -> None:
     """``fault`` as the ``n``-th program compiles (a SIGTERM only sets a flag: it then compiles)."""
     jax.stages.Lowered.compile = _on_call(jax.stages.Lowered.compile, n, before=fault)
@@ -134,7 +142,9 @@ def main() -> None:
     assert sep == "--", __doc__
     n = int(n)
     if fault == "kill_creating":
-        results._publish = lambda partial, path: _kill()
+        results._publish = lambda partial, path, aside: _kill()
+    elif fault == "kill_mid_swap":
+        results._publish = _moved_aside_then_kill
     elif fault == "kill_before_done":
         results._mark_done = _on_call(results._mark_done, n, before=_kill)
     elif fault == "kill_after_commit":
@@ -148,7 +158,7 @@ def main() -> None:
     elif fault == "kill_after_checkpoint":
         checkpoints.save = _on_call(checkpoints.save, n, after=_kill)
     elif fault == "term_mid_chunk":
-        execution._Run._dispatch_segment = _on_call(execution._Run._dispatch_segment, n, after=_term)
+        runner.Runner._dispatch_segment = _on_call(runner.Runner._dispatch_segment, n, after=_term)
     elif fault == "term_after_commit":
         results._mark_done = _on_call(results._mark_done, n, after=_term)
     elif fault == "term_before_done":
@@ -157,7 +167,7 @@ def main() -> None:
         _record_peers()
         after = {"wait_for_stop": _wait_for_stop, "term_after_stop": _term_after_stop,
                  "term_after_end": _term_after_end}[fault]
-        execution._Run._dispatch_segment = _on_call(execution._Run._dispatch_segment, n, after=after)
+        runner.Runner._dispatch_segment = _on_call(runner.Runner._dispatch_segment, n, after=after)
     elif fault == "checkpoint_enospc":
         checkpoints.save = _on_call(checkpoints.save, n, before=_enospc)
     elif fault == "enospc":

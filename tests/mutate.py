@@ -77,14 +77,14 @@ MUTANTS: list[Mutant] = [
     Mutant("b2_099", "optimizer", "grok_jax/config.py", "c.b2 = 0.98", "c.b2 = 0.99", ADAMW),
     Mutant("init_std_8N", "init", "grok_jax/models/mlp2.py", "(16.0 * width) ** (-1.0 / 3.0)",
            "(8.0 * width) ** (-1.0 / 3.0)", ORACLE),
-    Mutant("lanes_outputs_reversed_in_chunk", "lane order", "grok_jax/execution.py",
+    Mutant("lanes_outputs_reversed_in_chunk", "lane order", "grok_jax/runner.py",
            "jax.tree.map(lambda v: np.asarray(v)[new], outputs)",
            "jax.tree.map(lambda v: np.asarray(v)[new[::-1]], outputs)", LANES),
-    Mutant("lanes_inputs_permuted_across_devices", "lane order", "grok_jax/execution.py",
-           "jax.device_put(a[chunk.lanes], sharding)", "jax.device_put(a[chunk.lanes[::-1]], sharding)", LANES),
-    Mutant("lanes_classified_with_another_xi", "lane order", "grok_jax/execution.py",
-           "phases.classify_log(out_log, plan.xi[lanes])", "phases.classify_log(out_log, plan.xi[lanes[::-1]])",
-           LANES),
+    Mutant("lanes_inputs_permuted_across_devices", "lane order", "grok_jax/runner.py",
+           "jax.device_put(a[c.lanes], sharding)", "jax.device_put(a[c.lanes[::-1]], sharding)", LANES),
+    Mutant("lanes_classified_with_another_xi", "lane order", "grok_jax/runner.py",
+           "phases.summarize(out_log, self.plan.xi[lanes], steps)",
+           "phases.summarize(out_log, self.plan.xi[lanes[::-1]], steps)", LANES),
     Mutant("dropout_gradient_unscaled", "dropout", "grok_jax/models/mlp2.py",
            "(dpre,) = vjp(dh)", "(dpre,) = vjp(dh / (1.0 - rate))",
            ("tests/test_train.py", "-kdropout_and_batchnorm or every_logged_metric")),
@@ -121,8 +121,20 @@ MUTANTS: list[Mutant] = [
            "THRESHOLD = 0.9  #", "THRESHOLD = 0.85  #", PHASES),
     Mutant("phase_inversion_boundary_1", "phases", "grok_jax/phases.py",
            "1.05 - np.asarray(xi)", "1.0 - np.asarray(xi)", PHASES),
-    Mutant("phase_forgetting_without_collapse", "phases", "grok_jax/phases.py",
-           " | (np.asarray(norm_ratio) < FORGET_NORM_RATIO)", "", ("tests/test_reference.py",)),
+    Mutant("phase_forgetting_by_collapse", "phases", "grok_jax/phases.py",  # the weight-norm clause back
+           'peak = peak_test_acc(log["test_acc"])',
+           'peak = np.where(log["weight_norm"][..., -1] < 0.5 * log["weight_norm"][..., 0], 1.0, '
+           'peak_test_acc(log["test_acc"]))', PHASES),
+    Mutant("phase_forgetting_by_train_peak", "phases", "grok_jax/phases.py",  # memorized-then-lost as Forgetting
+           'peak = peak_test_acc(log["test_acc"])', 'peak = peak_test_acc(np.fmax(log["train_acc"], log["test_acc"]))',
+           PHASES),
+    Mutant("peak_train_acc_over_all_rows", "mini-batch", "grok_jax/train.py",  # not the step's batch
+           'accuracy = sums["train_acc"] / count.astype(', 'accuracy = sums["train_acc"] / n_train.astype(',
+           MINIBATCH),
+    Mutant("peak_train_acc_not_carried", "checkpoints", "grok_jax/train.py",  # each segment starts afresh
+           "carry = (state.variables, state.opt_state, state.peak_train_acc)",
+           "carry = (state.variables, state.opt_state, jnp.float32(jnp.nan))",
+           ("tests/test_train.py", "-kcut_into_segments")),
 ]
 
 

@@ -27,7 +27,7 @@ def neuron_ipr(U: np.ndarray, V: np.ndarray, W: np.ndarray) -> np.ndarray:
     return (ipr(np.asarray(U).T) + ipr(np.asarray(V).T) + ipr(np.asarray(W))) / 3.0
 
 
-STD_EXPONENT = -1.0 / 3.0  # init: every weight N(0, σ²), σ² = (16N)^(-2/3) (PAPER.md §2)
+STD_EXPONENT = -1.0 / 3.0  # init: every weight N(0, σ²), σ² = (16N)^(-2/3) (arXiv:2310.13061)
 BN_EPS = 1e-5  # PyTorch BatchNorm1d
 
 
@@ -170,7 +170,7 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
                     loss: str = "mse", history: list | None = None, rate: float = 0.0,
                     noise: Callable[[int], np.ndarray] | None = None,
                     batches: Callable[[int], np.ndarray] | None = None, running_history: list | None = None,
-                    momentum: float = 0.1) -> tuple[dict, list[float]]:
+                    momentum: float = 0.1, train_counts: list | None = None) -> tuple[dict, list[float]]:
     """Training with torch.optim.AdamW semantics (decoupled decay first, every
     parameter decayed); step t's dropout draws are ``noise(t)``, one row of draws
     per row of ``m`` (all rows, whichever are in the step's batch).
@@ -185,7 +185,10 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
     BatchNorm), `running_history` receives BatchNorm's running statistics
     ``{"mean", "var"}`` likewise (PyTorch BatchNorm1d: mean 0 and variance 1 at
     first; after each step's forward ``(1 − momentum)·running + momentum·batch``,
-    with the batch's unbiased variance).
+    with the batch's unbiased variance). If given, `train_counts` receives each
+    step's ``(correct, rows)`` on its rows (all of them, or its batch) in train mode
+    (:func:`train_logits`, at the step's starting weights): the peak training
+    accuracy of the run is the largest ``correct / rows``.
     """
     w = {k: np.array(v, dtype=np.float64, copy=True) for k, v in params0.items()}
     mom = {k: np.zeros_like(v) for k, v in w.items()}
@@ -203,6 +206,9 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
         rows = np.arange(len(m)) if batches is None else np.asarray(batches(t - 1))
         uniforms = noise(t - 1)[rows] if noise else None
         L, g = loss_and_grads(w, m[rows], n[rows], y[rows], activation, loss, rate, uniforms)
+        if train_counts is not None:
+            z = train_logits(w, m[rows], n[rows], activation, rate, uniforms)
+            train_counts.append((int(np.sum(unique_max(z, y[rows]))), len(rows)))
         if running is not None:  # the batch's features in train mode, at the step's starting weights
             a, _ = _features(w, m[rows], n[rows], activation, rate, uniforms)
             unbiased = a.var(axis=0) * len(rows) / (len(rows) - 1)
@@ -221,6 +227,22 @@ def train_reference(params0: dict, m: np.ndarray, n: np.ndarray, y: np.ndarray,
     if running is not None:
         running_history.append({k: v.copy() for k, v in running.items()})
     return w, losses
+
+
+def train_logits(params: dict, m: np.ndarray, n: np.ndarray, activation: str = "quad", rate: float = 0.0,
+                 noise: np.ndarray | None = None) -> np.ndarray:
+    """Train-mode logits of a step's rows: dropout where ``noise`` < ``rate``;
+    BatchNorm (``bn_scale`` in params) with these rows' statistics."""
+    a, _ = _features(params, m, n, activation, rate, noise)
+    if "bn_scale" in params:
+        a, _ = _batchnorm(params, a, a)
+    return a @ np.asarray(params["W"], np.float64)
+
+
+def unique_max(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Whether each row's label ``y`` has the unique largest logit (a tie is wrong)."""
+    top = z.max(axis=1)
+    return (np.sum(z == top[:, None], axis=1) == 1) & (z[np.arange(len(y)), y] == top)
 
 
 def epoch_order(bits: np.ndarray, n_train: int) -> np.ndarray:
@@ -301,7 +323,7 @@ def analytic_solution(p: int, N: int, rng: np.random.Generator) -> dict:
     """Paper Eq. 2 (modular addition) in our layout: U, V (p, N), W (N, p).
 
     sigma(k) ~ uniform{1..(p-1)//2}; phases phi_u, phi_v ~ uniform (-pi, pi].
-    Amplitude (2/N)**(1/3): the correct-class logit then averages 1 (PAPER.md prints
+    Amplitude (2/N)**(1/3): the correct-class logit then averages 1 (the paper prints
     the exponent as -1/3, which gives logits of order N**2/4 with the same argmax).
     """
     sigma = rng.integers(1, (p - 1) // 2 + 1, size=N)
@@ -321,9 +343,10 @@ PHASES = ("Coexistence", "Partial Inversion", "Full Inversion", "Memorization", 
 
 
 def phase(log: dict, xi: float) -> str:
-    """The paper's Table 2 (PAPER.md §5) on a logged trajectory, written out: high
-    means ≥ 90% (1e-6 of rounding allowed); a run that never learned but whose
-    weights fell below half their initial norm is Forgetting."""
+    """The paper's Table 2 (arXiv:2310.13061, App. C) on a logged trajectory, written out: high
+    means ≥ 90% (1e-6 of rounding allowed). Low train and test accuracy at the end
+    is Forgetting if the test accuracy was high at some logged step (it generalized,
+    then lost it: App. E), else Confusion, however small the weights became."""
     if not all(np.all(np.isfinite(log[k])) for k in ("train_loss", "test_loss", "weight_norm")):
         return "Diverged"
     high = lambda acc: acc >= 0.9 - 1e-6  # noqa: E731
@@ -334,6 +357,4 @@ def phase(log: dict, xi: float) -> str:
         return "Partial Inversion" if train >= 1.05 - xi - 1e-6 else "Full Inversion"
     if high(train):
         return "Memorization"
-    learned = high(max(np.max(log["train_acc"]), np.max(log["test_acc"])))
-    collapsed = log["weight_norm"][-1] < 0.5 * log["weight_norm"][0]
-    return "Forgetting" if learned or collapsed else "Confusion"
+    return "Forgetting" if high(np.max(log["test_acc"])) else "Confusion"

@@ -1,4 +1,4 @@
-"""The reference grid: 12 lanes in four phases, their numbers from the NumPy reference.
+"""The reference grid: 12 lanes in three phases, their numbers from the NumPy reference.
 
     python tests/reference.py            # recompute; print what differs from the stored file
     python tests/reference.py --update   # the same, then store the new numbers
@@ -25,9 +25,12 @@ import draws  # noqa: E402
 import numpy_reference as ref  # noqa: E402
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference_grid.json")
-# The tiny grid's p, width and α with these axes: lr 1e-5 learns nothing (Confusion), wd 50
-# collapses the weights (Forgetting), wd 2 at ξ 0 groks (Coexistence), the rest
-# memorize (Memorization).
+# The tiny grid's p, width and α with these axes: lr 1e-5 learns nothing (Confusion), lr
+# 0.01 with wd 50 collapses the weights to ~1e-42 without ever learning (Confusion: not
+# Forgetting, which needs a network that generalized first), wd 2 at ξ 0 groks
+# (Coexistence), the rest memorize (Memorization). No Forgetting lane: at p 11 and lr
+# 0.01 no weight decay both groks and collapses within 1000 steps (wd 2-3.5 groks and
+# keeps it, wd 4-9 memorizes, wd ≥ 10 loses what it fit without generalizing).
 SETTINGS = dict(p=11, width=32, alpha=0.6, steps=1000, log_every=100)
 AXES = {"lr": (1e-5, 0.01), "wd": (0.0, 2.0, 50.0), "xi": (0.0, 0.3)}
 FIELDS = ("train_loss", "test_loss", "train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc",

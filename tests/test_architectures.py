@@ -2,6 +2,8 @@
 against plain NumPy, IPR by group against NumPy FFTs, a lane in the sweep against
 the run alone, all three models in one store, and learning modular addition."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,7 @@ from grok_jax.data import make_dataset, split_sizes, training_rows
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.models import flat_variables, get_model
-from grok_jax.train import Lane, inputs, make_train
+from grok_jax.train import Lane, inputs, make_train, opt_state_leaves
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -36,7 +38,7 @@ def _numpy_ipr(x, axis):
 @pytest.mark.parametrize("parameterization", ["standard", "lazy"])
 def test_mlp3_shapes_and_init_statistics(parameterization):
     p, n = 31, 512
-    model = get_model(static_config(_config("mlp3", p=p, width=n, parameterization=parameterization)))
+    model = get_model(static_config(_config("mlp3", p=p, width=n, mlp3=dict(parameterization=parameterization))))
     params = model.init(jax.random.key(0))["params"]
     assert {k: v.shape for k, v in params.items()} == {"U": (p, n), "V": (p, n), "W2": (n, n), "W3": (n, p)}
     lazy = (2 / n ** (2 / 3)) ** 0.5
@@ -89,8 +91,8 @@ def _numpy_transformer(flat, m, n, heads, layernorm=False, tied=False):
 
 @pytest.mark.parametrize("heads,layernorm,tied", [(4, False, False), (2, True, False), (1, False, True)])
 def test_transformer_forward_equals_numpy(heads, layernorm, tied):
-    model = get_model(static_config(_config("transformer", width=32, heads=heads, layernorm=layernorm,
-                                            tie_embeddings=tied)))
+    model = get_model(static_config(_config("transformer", width=32, transformer=dict(
+        heads=heads, layernorm=layernorm, tie_embeddings=tied))))
     variables = model.init(jax.random.key(3))
     if layernorm:  # random scales, so that they matter
         variables["params"]["ln1"]["scale"] = jax.random.normal(jax.random.key(4), (32,))
@@ -158,7 +160,7 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone(model, fields):
     lane = Lane(jnp.int32(1), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
                 jnp.float32(config.lr), jnp.float32(0.3))
     log, final = jax.jit(make_train(static, n_train))(lane)  # unpadded, no vmap
-    final.update(flat_variables(final.pop("variables")))
+    final.update(flat_variables(final.pop("variables")), **opt_state_leaves(final.pop("opt_state")))
     cell = ds.sel(sel)
     for name, values in {**log, **final}.items():
         np.testing.assert_allclose(cell[name].values, values, rtol=1e-4, atol=1e-6, err_msg=name)
@@ -178,15 +180,24 @@ def test_three_models_in_one_store(tmp_path):
 
 def test_model_options_are_checked():
     for fields, needle in [({"model": "transformer", "batchnorm": True}, "has no BatchNorm option"),
-                           ({"model": "transformer", "heads": 3}, "heads=3 does not divide width=16"),
-                           ({"parameterization": "wide"}, "parameterization='wide' is not valid")]:
+                           ({"model": "transformer", "transformer": {"heads": 3}},
+                            "transformer.heads=3 does not divide width=16"),
+                           ({"model": "transformer", "transformer": {"heads": 0}}, "transformer.heads=0 must be >= 1"),
+                           ({"mlp3": {"parameterization": "wide"}}, "mlp3.parameterization='wide' is not valid"),
+                           ({"transformer": {"head": 2}}, "unknown config field 'transformer.head' (did you mean "
+                            "transformer.heads?)"),
+                           ({"heads": 2}, "unknown config field 'heads' (did you mean transformer.heads?)")]:
         config = _config("mlp2")
         config.update(fields)
-        with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
             check_config(config)
     config = _config("mlp3")
     config.sweep.activation = ("quad", "relu")
     with pytest.raises(ConfigError, match="does nothing for model 'mlp3'"):
+        check_config(config)
+    config = _config("transformer", width=32)  # the heads checked in each static group: width 30 fails
+    config.sweep.width = (32, 30)
+    with pytest.raises(ConfigError, match="transformer.heads=4 does not divide width=30"):
         check_config(config)
 
 

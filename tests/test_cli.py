@@ -11,7 +11,7 @@ import pytest
 
 import grok_jax
 from grok_jax import sweep
-from grok_jax.plan import make_plan
+from grok_jax.plan import Resources, make_plan
 
 
 def _run(*args, env=None):
@@ -56,8 +56,8 @@ def test_end_to_end_and_resume(tmp_path, capsys):
     np.testing.assert_array_equal(grok_jax.load_results(out).train_loss.values, before)
 
     # Another config into the same store: refused, store untouched.
-    status, _, stderr = _main(capsys, "--grid=tiny", f"--out={out}", "--config.steps=60")
-    assert status == 2 and "steps=40" in stderr.replace("'", "") and "--overwrite" in stderr
+    status, _, stderr = _main(capsys, "--grid=tiny", f"--out={out}", "--config.steps=40", "--config.lr=0.02")
+    assert status == 2 and "lr=0.01 there, 0.02 now" in stderr and "--overwrite" in stderr
     np.testing.assert_array_equal(grok_jax.load_results(out).train_loss.values, before)
 
     # Replaced on request: the new config's results, nothing of the old store left beside it.
@@ -71,7 +71,7 @@ def test_end_to_end_and_resume(tmp_path, capsys):
     (run,) = json.loads(new.attrs["runs"])  # what ran, recorded
     assert run["backend"] == "cpu" and run["jax"] == jax.__version__ and run["process_count"] == 1
     assert run["matmul_precision"] == "highest" and run["x64"] is False
-    assert run["layout"] == json.loads(new.attrs["layout"]) and run["layout"]["rules"] == "cpu"
+    assert run["rules"] == json.loads(new.attrs["plan"])["rules"] == "cpu"
 
 
 GRID_FILES = {  # user grid files that cannot give a config
@@ -83,6 +83,7 @@ GRID_FILES = {  # user grid files that cannot give a config
 
 BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["--grid=nope"], "unknown grid 'nope'; valid grids: ", 2),
+    (["--grid=tiny", "--scale=paper"], "tiny.py defines the scale(s) small, not 'paper'", 2),
     (["--grid=missing.py"], "grid file 'missing.py' does not exist", 2),
     (["--grid={tmp}/syntax.py"], "syntax.py failed to import: SyntaxError", 2),
     (["--grid={tmp}/noget.py"], "noget.py defines no get_config", 2),
@@ -146,7 +147,10 @@ BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["--config.steps=0"], "steps=0 must be >= 1", 2),
     (["--config.log_every=7"], "steps=60 is not a multiple of log_every=7", 2),
     (["--config.compile_groups=0"], "compile_groups=0 must be >= 1", 2),
-    (["--config.activation=tanh"], "activation='tanh' is not valid; valid: quad, relu", 2),
+    (["--config.mlp2.activation=tanh"], "mlp2.activation='tanh' is not valid; valid: quad, relu", 2),
+    (["--config.activation=relu"], "unknown config field 'activation' (did you mean mlp2.activation?)", 2),
+    (["--config.sweep.activation=('quad','tanh')"], "activation='tanh' is not valid; valid: quad, relu", 2),
+    (["--config.model=transformer", "--config.transformer.heads=5"], "transformer.heads=5 does not divide", 2),
     (["--config.loss=hinge"], "loss='hinge' is not valid", 2),
     (["--config.batchnorm=maybe"], "--config.batchnorm=maybe", 2),
 ]
@@ -172,7 +176,7 @@ def test_bad_input_is_one_line_before_anything_is_written(args, needle, status, 
 
 
 def test_a_huge_memory_budget_is_no_limit(tiny):
-    plan = make_plan(tiny, memory_gb=1e300, n_devices=2)
+    plan = make_plan(tiny, Resources(memory_gb=1e300, n_devices=2))
     assert [len(c.lanes) for c in plan.chunks] == [8]
 
 

@@ -1,5 +1,5 @@
-"""Execution: the same command gives the same store, a resume reuses the store's
-layout, the compilation cache, what importing grok_jax does, an installed package."""
+"""Execution: the same command gives the same store, a resume runs the stored plan,
+the compilation cache, what importing grok_jax does, an installed package."""
 
 import json
 import os
@@ -39,40 +39,55 @@ def test_the_same_command_twice_gives_identical_stores(tmp_path):
     assert "compiled in" in first.stdout and "32 columns wide" in first.stdout
     assert "loaded from the compilation cache" in second.stdout and "compiled in" not in second.stdout
     assert_same_results(_store(tmp_path / "a"), _store(tmp_path / "b"))
-    layout = json.loads(_store(tmp_path / "a").attrs["layout"])
-    assert layout["platform"] == "cpu" and {g["columns"] for g in layout["groups"]} == {32}
+    plan = json.loads(_store(tmp_path / "a").attrs["plan"])
+    assert plan["platform"] == "cpu" and {c["layout"]["columns"] for c in plan["chunks"]} == {32}
     off = _cli(*args, f"--out={tmp_path / 'c'}", "--compilation_cache=", env=env)
     assert off.returncode == 0 and "compiled in" in off.stdout
 
 
-def test_a_resume_keeps_the_stores_layout(tiny, tmp_path):
-    """Resumed with other lanes per device, the rest of the store is computed in the
-    recorded layout: the store equals an uninterrupted run's, bit for bit."""
+def test_a_resume_keeps_the_stored_plan(tiny, tmp_path):
+    """Resumed with other lanes per device, compile groups and memory budget, the
+    rest of the store is computed in the stored plan: the store equals an
+    uninterrupted run's, bit for bit."""
     whole = run_sweep(tiny, out=str(tmp_path / "whole"), lanes_per_device=2, **QUIET)
     run_sweep(tiny, out=str(tmp_path / "cut"), lanes_per_device=2, **QUIET)
     group = zarr.open_group(results.store_path(tmp_path / "cut"), mode="r+")
     group["done"][4:] = False  # the second half "crashed"
     logged = []
-    resumed = run_sweep(tiny, out=str(tmp_path / "cut"), lanes_per_device=1, progress=False, log=logged.append)
-    assert any("resuming in the store's layout" in line for line in logged), logged
+    other = tiny.copy_and_resolve_references()
+    other.compile_groups = 3
+    resumed = run_sweep(other, out=str(tmp_path / "cut"), lanes_per_device=1, memory_gb=0.5, progress=False,
+                        log=logged.append)
+    assert any("resuming" in line and "4 of 8 lanes done" in line for line in logged), logged
     assert_same_results(resumed, whole)
+
+
+def test_a_stored_chunk_that_no_longer_fits_is_refused_with_the_figure(tiny, tmp_path):
+    run_sweep(tiny, out=str(tmp_path), lanes_per_device=4, **QUIET)
+    zarr.open_group(results.store_path(tmp_path), mode="r+")["done"][:] = False
+    with pytest.raises(ConfigError, match=r"runs 4 lane\(s\) per device at n_train 72: about .* GiB, more than "
+                                          r"--memory_gb=0.0003; resume with --memory_gb="):
+        run_sweep(tiny, out=str(tmp_path), memory_gb=0.0003, **QUIET)  # one lane fits, not 4
+
+
+def _edit_plan(path, edit) -> None:
+    group = zarr.open_group(results.store_path(path), mode="r+")
+    plan = json.loads(group.attrs["plan"])
+    edit(plan)
+    group.attrs["plan"] = json.dumps(plan)
 
 
 def test_a_store_of_another_platform_is_refused(tiny, tmp_path):
     run_sweep(tiny, out=str(tmp_path), **QUIET)
-    layout = json.loads(_store(tmp_path).attrs["layout"])
-    zarr.open_group(results.store_path(tmp_path), mode="r+").attrs["layout"] = json.dumps({**layout, "platform": "tpu"})
+    _edit_plan(tmp_path, lambda plan: plan.update(platform="tpu"))
     with pytest.raises(ConfigError, match="written on tpu; resuming it on cpu"):
         run_sweep(tiny, out=str(tmp_path), **QUIET)
 
 
-def test_a_store_whose_layout_this_version_would_not_use_is_refused(tiny, tmp_path):
+def test_an_unreadable_plan_is_named(tiny, tmp_path):
     run_sweep(tiny, out=str(tmp_path), **QUIET)
-    layout = json.loads(_store(tmp_path).attrs["layout"])
-    for group in layout["groups"]:
-        group["row_blocks"] += 1  # as if an earlier version's rules had chosen otherwise
-    zarr.open_group(results.store_path(tmp_path), mode="r+").attrs["layout"] = json.dumps(layout)
-    with pytest.raises(ConfigError, match="this version would use"):
+    _edit_plan(tmp_path, lambda plan: plan.pop("chunks"))
+    with pytest.raises(ConfigError, match="the plan recorded in .* is unreadable"):
         run_sweep(tiny, out=str(tmp_path), **QUIET)
 
 
@@ -113,9 +128,9 @@ def test_the_accelerator_path_on_a_cpu_gives_the_same_phases(tmp_path):
     config.sweep.wd, config.sweep.xi = (0.0, 5.0), (0.0, 0.3)
     cpu = run_sweep(config, out=str(tmp_path / "cpu"), **QUIET)
     accelerator = run_sweep(config, out=str(tmp_path / "accelerator"), accelerator_layout=True, **QUIET)
-    groups = {name: json.loads(ds.attrs["layout"]) for name, ds in (("cpu", cpu), ("accelerator", accelerator))}
-    assert groups["cpu"]["rules"] == "cpu" and groups["accelerator"]["rules"] == "accelerator"
-    layout = lambda name: {k: groups[name]["groups"][0][k] for k in ("lanes_per_device", "row_blocks", "columns")}  # noqa: E731
+    plans = {name: json.loads(ds.attrs["plan"]) for name, ds in (("cpu", cpu), ("accelerator", accelerator))}
+    assert plans["cpu"]["rules"] == "cpu" and plans["accelerator"]["rules"] == "accelerator"
+    layout = lambda name: {k: plans[name]["chunks"][0]["layout"][k] for k in ("lanes_per_device", "row_blocks", "columns")}  # noqa: E731
     assert layout("cpu") == {"lanes_per_device": 1, "row_blocks": 2, "columns": 64}
     assert layout("accelerator") == {"lanes_per_device": 2, "row_blocks": 1, "columns": 61}
     np.testing.assert_array_equal(accelerator.phase.values, cpu.phase.values)

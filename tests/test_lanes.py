@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 from grok_jax.execution import run_sweep
-from grok_jax.plan import make_plan
+from grok_jax.plan import Resources, make_plan
 import numpy_reference as ref
 
-from grok_jax import execution, phases
+from grok_jax import phases, runner
 from grok_jax.models import flat_variables
 from grok_jax.config import base_config, static_config
 from grok_jax.data import split_sizes
-from grok_jax.train import Lane, make_train
+from grok_jax.train import Lane, make_train, opt_state_leaves
 
 AXES = {"seed": (0, 1), "alpha": (0.4, 0.6), "xi": (0.0, 0.3), "dropout": (0.0, 0.3)}  # α groups interleave
 # Measured: a lane in a sweep (vmapped, padded, row-blocked) differs from the same
@@ -59,7 +59,7 @@ def alone():
 def test_every_lane_of_every_chunk_is_its_own_run(alone, lanes_per_device, tmp_path, monkeypatch):
     config = _config()
     assert len(jax.devices()) == 2  # conftest
-    plan = make_plan(config, 4.0, 2, lanes_per_device, "cpu")
+    plan = make_plan(config, Resources(lanes_per_device=lanes_per_device, n_devices=2))
     assert len(plan.chunks) >= 3 and len(plan.compile_groups) == 2
     classified = []  # (ξ the sweep classified each lane with, that lane's train loss)
     classify = phases.classify_log
@@ -68,13 +68,13 @@ def test_every_lane_of_every_chunk_is_its_own_run(alone, lanes_per_device, tmp_p
         classified.extend(zip(xi, log["train_loss"]))
         return classify(log, xi)
 
-    monkeypatch.setattr(execution.phases, "classify_log", classify_log)
+    monkeypatch.setattr(runner.phases, "classify_log", classify_log)
     ds = run_sweep(config, out=str(tmp_path), lanes_per_device=lanes_per_device, progress=False,
                    log=lambda s: None)
     flat = ds.stack(lane=list(AXES)).transpose("lane", ...)  # C order of the grid
     for i, (log, final) in alone.items():
-        final = {**final, **flat_variables(final["variables"])}
-        del final["variables"]
+        final = {**final, **flat_variables(final["variables"]), **opt_state_leaves(final["opt_state"])}
+        del final["variables"], final["opt_state"]
         for name, values in {**log, **final}.items():
             got = flat[name].values[i]
             np.testing.assert_allclose(got, values, rtol=RTOL, atol=1e-7, err_msg=f"lane {i}: {name}")

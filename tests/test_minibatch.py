@@ -66,6 +66,7 @@ def _run(config, seed: int, rate: float, n_max: int | None = None):
     lane = Lane(jnp.int32(seed), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
                 jnp.float32(config.lr), jnp.float32(rate))
     log, final = jax.tree.map(np.asarray, _program(config, n_max or n_train)(lane))
+    final.pop("opt_state")  # (its second moments have no relative precision to compare at)
     variables = flat_variables(final.pop("variables"))
     return log, {**final, **variables}
 
@@ -83,11 +84,14 @@ def _reference(config, seed: int, rate: float, bits=None):
         bits = bits or (lambda e: draws.epoch_bits(seed, e, data["usable"]))
         batches = ref.batch_schedule(bits, n_train, config.batch_size)
     history, running = [], ([] if config.batchnorm and config.bn_stats == "running" else None)
+    train_counts = []
     ref.train_reference(ref.init_params(draws.normals(seed, p, width), width, config.batchnorm),
                         data["m"][:n_train], data["n"][:n_train], data["label"][:n_train], config.steps, config.lr,
-                        config.wd, activation=config.activation, loss=config.loss, history=history, rate=rate,
+                        config.wd, activation=config.mlp2.activation, loss=config.loss, history=history, rate=rate,
                         noise=(lambda t: draws.dropout(seed, t, pairs, width)) if rate > 0 else None,
-                        batches=batches, running_history=running)
+                        batches=batches, running_history=running, train_counts=train_counts)
+    # the highest accuracy of a step's training forward: on its batch, in train mode
+    data["peak_train_acc"] = max(np.float32(hits) / np.float32(rows) for hits, rows in train_counts)
     every = config.log_every
     states = history[::every]
     return data, states, running[::every] if running is not None else [None] * len(states)
@@ -117,17 +121,19 @@ def _errors(log, final, data, states, stats, config) -> dict[str, float]:
     """Relative error of every logged metric against the reference (accuracies:
     asserted to be the same counts exactly), of the final IPR_k and BatchNorm
     statistics, and of the final parameters (of the largest entry of each: single
-    entries near 0 have no relative precision)."""
+    entries near 0 have no relative precision). The peak training accuracy over every
+    step (each on its batch, in train mode): exactly the reference's."""
+    assert final["peak_train_acc"] == data["peak_train_acc"], (final["peak_train_acc"], data["peak_train_acc"])
     errors = {}
     for i, (params, bn) in enumerate(zip(states, stats)):
-        for name, (total, size) in ref.counts(params, data, config.activation, config.loss, bn).items():
+        for name, (total, size) in ref.counts(params, data, config.mlp2.activation, config.loss, bn).items():
             if size == 0:
                 assert np.isnan(log[name][i]), (name, i)
             elif name.endswith("_acc"):  # counts of examples: exactly the reference's
                 assert log[name][i] == np.float32(total) / np.float32(size), (name, i, log[name][i] * size, total)
             else:
                 errors[name] = max(errors.get(name, 0.0), _rel(log[name][i], total / size))
-        expected = ref.metrics(params, data, config.activation, config.loss, bn)
+        expected = ref.metrics(params, data, config.mlp2.activation, config.loss, bn)
         for name in ("weight_norm", "norm_U", "norm_V", "norm_W", "ipr"):
             errors[name] = max(errors.get(name, 0.0), _rel(log[name][i], expected[name]))
     last, last_stats = states[-1], stats[-1]
@@ -138,7 +144,7 @@ def _errors(log, final, data, states, stats, config) -> dict[str, float]:
     if config.batchnorm:
         if last_stats is None:  # full-batch statistics: those of all training rows at the final weights
             rows = slice(0, data["n_train"])
-            last_stats = ref.feature_stats(last, data["m"][rows], data["n"][rows], config.activation)
+            last_stats = ref.feature_stats(last, data["m"][rows], data["n"][rows], config.mlp2.activation)
         for name in ("mean", "var"):
             errors[f"batch_stats.{name}"] = _rel(final[f"batch_stats.{name}"], last_stats[name])
     else:

@@ -1,4 +1,4 @@
-"""Model, analytic solution (PAPER.md §4) and IPR against a NumPy oracle."""
+"""Model, analytic solution (Doshi et al., arXiv:2310.13061, Eq. 2) and IPR against a NumPy oracle."""
 
 import jax
 import jax.numpy as jnp

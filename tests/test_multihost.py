@@ -92,8 +92,12 @@ def stores(tmp_path_factory):
         inflight = sorted(os.listdir(tmp / name / ".results.zarr.inflight"))
         resumed = _two_processes(tmp / name)
         stops[name] = stopped, inflight, resumed, results.load_results(tmp / name), sorted(os.listdir(tmp / name))
+    # Stopped with two processes, resumed by one: the stored plan, another process count.
+    _two_processes(tmp / "to_one", *STOPS["both"])
+    alone = subprocess.run([sys.executable, *ARGS, f"--out={tmp / 'to_one'}"], env=_env(2), capture_output=True,
+                           text=True, timeout=300)
     return {"one": results.load_results(tmp / "one"), "two": results.load_results(tmp / "two"), "outputs": two,
-            "stops": stops}
+            "stops": stops, "to_one": (alone, results.load_results(tmp / "to_one"))}
 
 
 def test_two_processes_write_the_store_of_one(stores):
@@ -106,6 +110,12 @@ def test_two_processes_write_the_store_of_one(stores):
     assert_same_results(b, a)
     runs = json.loads(b.attrs["runs"])
     assert runs[0]["process_count"] == 2 and runs[0]["devices"] == 4 and runs[0]["local_devices"] == 2
+
+
+def test_a_two_process_store_resumes_with_one_process(stores):
+    alone, store = stores["to_one"]
+    assert alone.returncode == 0 and "at step 20 from its checkpoint" in alone.stdout, alone.stdout + alone.stderr
+    assert_same_results(store, stores["one"])
 
 
 # Each process's exit status and how its last line starts; which checkpoints there
@@ -144,9 +154,10 @@ def test_a_stop_of_one_process_stops_every_process_and_they_resume_to_the_same_s
 def test_each_process_owns_whole_store_chunks():
     config = load_config("tiny")
     config.sweep.seed = (0, 1, 2, 3)
-    plan = planning.make_plan(config, 4.0, 2, 1, "cpu")
-    shares = [planning.process_chunks(plan, {(0, 72): 1}, 2, i, 3) for i in range(3)]
-    lanes = [np.concatenate([c.lanes[:c.count] for c in share]) for share in shares]
+    plan = planning.make_plan(config, planning.Resources(lanes_per_device=1, n_devices=2))
+    assert plan.store_chunk == 2
+    shares = [plan.share(i, 3, np.ones(16, bool)) for i in range(3)]
+    lanes = [np.concatenate([c.real for c in share]) for share in shares]
     assert sorted(np.concatenate(lanes).tolist()) == list(range(16))  # every lane once
     for i, mine in enumerate(lanes):
         assert set(mine // 2 % 3) == {i}  # whole blocks of 2 lanes (a store chunk), dealt in turn
@@ -157,6 +168,9 @@ def test_each_process_owns_whole_store_chunks():
     (["--num_processes=2"], "--coordinator_address, --num_processes and --process_id go together"),
     (["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
      "--process_id=2 must be in [0, --num_processes=2)"),
+    (["--coordinator_address=127.0.0.1", "--num_processes=2", "--process_id=0"],
+     "--coordinator_address='127.0.0.1' must be HOST:PORT"),
+    (["--coordinator_address=127.0.0.1:1", "--num_processes=0", "--process_id=0"], "--num_processes=0 must be >= 1"),
 ])
 def test_bad_multihost_flags(flags, message, tmp_path):
     proc = subprocess.run([sys.executable, *ARGS, f"--out={tmp_path}", *flags], capture_output=True, text=True,

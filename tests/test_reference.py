@@ -1,5 +1,5 @@
 """The reference grid (tests/reference.py): grok_jax's sweep against numbers the
-NumPy reference computed, on 12 lanes in four phases."""
+NumPy reference computed, on 12 lanes in three phases."""
 
 import os
 import subprocess
@@ -67,7 +67,7 @@ def test_reference_is_what_the_numpy_reference_computes():
 
 def test_reference_grid_discriminates():
     lanes = reference.load()
-    assert len({lane["phase"] for lane in lanes}) >= 4
+    assert len({lane["phase"] for lane in lanes}) >= 3
     assert len({tuple(lane["final"].values()) for lane in lanes}) == len(lanes)  # no two lanes alike
 
 

@@ -10,7 +10,8 @@ from grok_jax import plotting, results
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.results import load_results
-from grok_jax.plan import make_plan
+from grok_jax.config import check_config
+from grok_jax.plan import Resources, make_plan
 from compare import assert_same_results
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -37,7 +38,7 @@ def test_a_width_sweep_equals_separate_sweeps_per_width(tiny, tmp_path):
 
 def test_p_and_activation_in_one_store(tiny, tmp_path):
     tiny.sweep = dict(p=(11, 13), activation=("quad", "relu"), xi=(0.0, 0.3))
-    plan = make_plan(tiny, 4.0, 2)
+    plan = make_plan(tiny, Resources(n_devices=2))
     assert len(plan.groups) == 4 and {g for g, _ in plan.compile_groups} == {0, 1, 2, 3}
     ds = run_sweep(tiny, out=str(tmp_path), **QUIET)
     assert list(ds.activation.values) == ["quad", "relu"] and ds.sizes["operand"] == 13
@@ -64,7 +65,7 @@ def test_p_and_activation_in_one_store(tiny, tmp_path):
 def test_bad_static_values_are_named(tiny, sweep, message):
     tiny.sweep = sweep
     with pytest.raises(ConfigError, match=message):
-        make_plan(tiny, 4.0)
+        check_config(tiny)
 
 
 def test_scale_for_batch_is_the_papers():

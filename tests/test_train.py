@@ -10,14 +10,14 @@ import numpy_reference as ref
 import optax
 import pytest
 
-from grok_jax import execution, layouts, metrics
+from grok_jax import layouts, metrics, programs
 from grok_jax.config import base_config, static_config
 from grok_jax.data import make_dataset, split_sizes, training_rows
 from grok_jax.models import flat_variables, get_model
 from grok_jax.models.mlp2 import init_params
 from grok_jax.execution import run_sweep
-from grok_jax.plan import PADDING_TOLERANCE, compile_groups, lane_bytes, make_plan
-from grok_jax.train import Lane, make_gradient, make_optimizer, make_run, make_train, stream_key
+from grok_jax.plan import PADDING_TOLERANCE, Resources, compile_groups, lane_bytes, make_plan
+from grok_jax.train import Lane, make_gradient, make_optimizer, make_run, make_train, opt_state_leaves, stream_key
 
 
 def _adamw_numpy(w: dict, grads, steps: int, lr: float, wd: float, b1: float, b2: float, eps: float) -> dict:
@@ -96,28 +96,32 @@ def _against_numpy(config, seed: int, padding: int = 0, row_blocks: int = 1, rat
     log, final = jax.jit(make_train(static, n_train + padding, row_blocks=row_blocks))(lane)
     data = ref.make_data(*draws.data(seed, p), n_train, n_corrupt, config.task, p)
     pairs = data["order"][:n_train]
-    history = []
+    history, train_counts = [], []
     ref.train_reference(ref.init_params(draws.normals(seed, p, width), width, config.batchnorm),
                         data["m"][:n_train], data["n"][:n_train], data["label"][:n_train], config.steps, config.lr,
-                        config.wd, activation=config.activation, loss=config.loss, history=history, rate=rate,
-                        noise=(lambda t: draws.dropout(seed, t, pairs, width)) if rate > 0 else None)
+                        config.wd, activation=config.mlp2.activation, loss=config.loss, history=history, rate=rate,
+                        noise=(lambda t: draws.dropout(seed, t, pairs, width)) if rate > 0 else None,
+                        train_counts=train_counts)
+    data["peak_train_acc"] = max(np.float32(hits) / np.float32(rows) for hits, rows in train_counts)
     return jax.tree.map(np.asarray, (log, final)), data, history[::config.log_every]
 
 
 def _errors(log, final, data, states, config) -> dict[str, float]:
     """Relative error of every logged metric against the reference (accuracies:
-    asserted to be the same counts exactly), and of the final IPR_k and BN scale."""
+    asserted to be the same counts exactly), and of the final IPR_k and BN scale;
+    the peak training accuracy over every step (train mode) exactly the reference's."""
+    assert final["peak_train_acc"] == data["peak_train_acc"], (final["peak_train_acc"], data["peak_train_acc"])
     errors = {}
     rel = lambda got, want: float(np.max(np.abs(got - want) / np.maximum(np.abs(want), 1e-30)))  # noqa: E731
     for i, params in enumerate(states):
-        for name, (total, size) in ref.counts(params, data, config.activation, config.loss).items():
+        for name, (total, size) in ref.counts(params, data, config.mlp2.activation, config.loss).items():
             if size == 0:  # an empty set (no corrupted rows): NaN
                 assert np.isnan(log[name][i]), (name, i)
             elif name.endswith("_acc"):  # counts of examples: exactly the reference's
                 assert log[name][i] == np.float32(total) / np.float32(size), (name, i, log[name][i] * size, total)
             else:
                 errors[name] = max(errors.get(name, 0.0), rel(log[name][i], total / size))
-        expected = ref.metrics(params, data, config.activation, config.loss)
+        expected = ref.metrics(params, data, config.mlp2.activation, config.loss)
         for name in ("weight_norm", "norm_U", "norm_V", "norm_W", "ipr"):
             errors[name] = max(errors.get(name, 0.0), rel(log[name][i], expected[name]))
     last = states[-1]
@@ -132,10 +136,10 @@ def _errors(log, final, data, states, config) -> dict[str, float]:
 RTOL = 1e-4
 CASES = {  # name: (config overrides, padding rows, row blocks, dropout rate, dropout program)
     "quad mse": (dict(), 9, 1, 0.0, False),
-    "relu ce, row blocks": (dict(activation="relu", loss="ce"), 9, 4, 0.0, False),
+    "relu ce, row blocks": (dict(mlp2=dict(activation="relu"), loss="ce"), 9, 4, 0.0, False),
     "dropout program, rate 0": (dict(), 9, 1, 0.0, True),
     "dropout 0.3": (dict(), 9, 1, 0.3, True),
-    "relu ce, dropout 0.2, row blocks": (dict(activation="relu", loss="ce"), 9, 4, 0.2, True),
+    "relu ce, dropout 0.2, row blocks": (dict(mlp2=dict(activation="relu"), loss="ce"), 9, 4, 0.2, True),
     # the reference's BatchNorm evaluates with the training rows' statistics (running
     # statistics: tests/test_minibatch.py)
     "batchnorm": (dict(batchnorm=True, bn_stats="full_batch"), 9, 1, 0.0, False),
@@ -195,7 +199,7 @@ def _padded_rows(n_train=50, n_max=72, seed=4):
 @pytest.mark.parametrize("activation,loss", [("quad", "mse"), ("relu", "ce")])
 def test_gradient_over_padded_rows_matches_numpy(activation, loss, row_blocks):
     # AdamW hardly sees the scale of a gradient, so the trajectory tests cannot check it: this does.
-    config = static_config(_small(activation=activation, loss=loss))
+    config = static_config(_small(mlp2=dict(activation=activation), loss=loss))
     ds = _padded_rows()
     params = init_params(jax.random.key(0), config.p, config.width)
     grads, (sums, _) = jax.jit(make_gradient(config, get_model(config), row_blocks))(
@@ -269,12 +273,12 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm, blocked, monke
     # lane alone is one block, p columns wide
     if blocked:
         monkeypatch.setattr(layouts, "CPU_BLOCK_BYTES", 1024)
-        monkeypatch.setattr(layouts, "readout_columns", lambda platform, p, lanes_per_device: 16)
+        monkeypatch.setattr(layouts, "readout_columns", lambda rules, p, lanes_per_device: 16)
         assert layouts.row_blocks("cpu", 72, config.width, 1, False) == 5
-    compiled_before = set(execution._PROGRAMS)
+    compiled_before = set(programs._PROGRAMS)
     ds = run_sweep(config, progress=False, log=lambda s: None, lanes_per_device=1 if blocked else None)
     if blocked:  # the sweep really compiled a program with 5 row blocks and 16 columns
-        new = set(execution._PROGRAMS) - compiled_before
+        new = set(programs._PROGRAMS) - compiled_before
         assert any(key.layout.row_blocks == 5 and key.layout.columns == 16 for key in new)
     for sel in (dict(alpha=0.4, dropout=0.3, wd=3.0, seed=1), dict(alpha=0.6, dropout=0.0, wd=0.0, seed=0)):
         alone_config = _small(steps=40, log_every=10, batchnorm=batchnorm, **sel)
@@ -284,7 +288,7 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm, blocked, monke
         alone_static = static_config(alone_config).as_configdict()
         alone_static.use_dropout = True  # a rate of 0 must then keep every unit
         log, final = jax.jit(make_train(alone_static, n_train))(lane)  # unpadded, no vmap
-        final.update(flat_variables(final.pop("variables")))
+        final.update(flat_variables(final.pop("variables")), **opt_state_leaves(final.pop("opt_state")))
         assert "params.U" in final and ("batch_stats.var" in final) == batchnorm
         cell = ds.sel(sel)
         for name, values in log.items():
@@ -314,23 +318,27 @@ def test_readout_is_padded_by_a_fixed_rule():
 @pytest.mark.parametrize("batch_size", [0, 16])
 def test_a_run_cut_into_segments_is_the_whole_run(batch_size):
     """start, advance over uneven segments, finish: bit for bit the whole run (dropout
-    keys and mini-batch orders follow the step index, not the program call)."""
+    keys and mini-batch orders follow the step index, not the program call), the
+    peak training accuracy included (wd 50: the weights collapse, so it is reached in
+    an early segment and must be carried through the later ones)."""
     full = _small(steps=30, log_every=3, dropout=0.1, batch_size=batch_size)  # 10 logged blocks
     config = static_config(full)
     n_train, n_corrupt = split_sizes(full.alpha, full.xi, full.task, full.p)
-    lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(1.0),
-                jnp.float32(0.01), jnp.float32(0.1))
     run = make_run(config, n_train)
-    state = jax.jit(run.start)(lane)
-    assert np.isnan(state.log["train_loss"]).all() and state.log["train_loss"].shape == (11,)
-    for first, blocks in [(0, 4), (4, 4), (8, 2)]:
-        state = jax.jit(run.advance, static_argnums=3)(lane, state, jnp.int32(first), blocks)
-    cut_log, cut_final = jax.jit(run.finish)(lane, state)
-    log, final = jax.jit(make_train(config, n_train))(lane)
-    for name in log:
-        np.testing.assert_array_equal(cut_log[name], log[name], err_msg=name)
-    for a, b in zip(jax.tree.leaves(cut_final), jax.tree.leaves(final)):
-        np.testing.assert_array_equal(a, b)
+    for wd in (1.0, 50.0):
+        lane = Lane(jnp.int32(0), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(wd),
+                    jnp.float32(0.01), jnp.float32(0.1))
+        state = jax.jit(run.start)(lane)
+        assert np.isnan(state.log["train_loss"]).all() and state.log["train_loss"].shape == (11,)
+        for first, blocks in [(0, 4), (4, 4), (8, 2)]:
+            state = jax.jit(run.advance, static_argnums=3)(lane, state, jnp.int32(first), blocks)
+        cut_log, cut_final = jax.jit(run.finish)(lane, state)
+        log, final = jax.jit(make_train(config, n_train))(lane)
+        for name in log:
+            np.testing.assert_array_equal(cut_log[name], log[name], err_msg=name)
+        assert set(cut_final) == set(final)
+        for a, b in zip(jax.tree.leaves(cut_final), jax.tree.leaves(final)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_only_long_chunks_run_in_segments(tiny, monkeypatch):
@@ -388,11 +396,11 @@ def _layout(plan) -> tuple[int, int]:
 
 def test_chunks_are_balanced_multiples_of_the_device_count(tiny):
     tiny.sweep = {"wd": (0.0, 2.5, 5.0), "xi": (0.0, 0.15, 0.3)}  # 9 lanes
-    assert _layout(make_plan(tiny, 4.0, 2, 4)) == (6, 2)  # 2 chunks of 6 (3 padded), not 2 of 8
-    assert _layout(make_plan(tiny, 4.0, 2, 8)) == (10, 1)
-    assert _layout(make_plan(tiny, 4.0, 1, 4)) == (3, 3)
+    assert _layout(make_plan(tiny, Resources(lanes_per_device=4, n_devices=2))) == (6, 2)  # 2 chunks of 6 (3 padded), not 2 of 8
+    assert _layout(make_plan(tiny, Resources(lanes_per_device=8, n_devices=2))) == (10, 1)
+    assert _layout(make_plan(tiny, Resources(lanes_per_device=4, n_devices=1))) == (3, 3)
     budget = 2.5 * lane_bytes(tiny, 72) / 2**30  # 2 lanes per device (n_train = 72)
-    plan = make_plan(tiny, budget, 2)
+    plan = make_plan(tiny, Resources(memory_gb=budget, n_devices=2))
     assert _layout(plan) == (4, 3)
     # Every lane is in exactly one chunk; padding repeats a lane of the chunk's group.
     real = np.concatenate([c.lanes[:c.count] for c in plan.chunks])
@@ -402,10 +410,10 @@ def test_chunks_are_balanced_multiples_of_the_device_count(tiny):
 def test_chunked_grid_equals_one_chunk(tiny):
     tiny.sweep = {"wd": (0.0, 2.5, 5.0), "xi": (0.0, 0.15, 0.3)}  # 9 lanes: padded chunks
     one = run_sweep(tiny, progress=False, log=lambda s: None, lanes_per_device=9)
-    assert len(make_plan(tiny, 1.0, len(jax.devices()), 9).chunks) == 1
+    assert len(make_plan(tiny, Resources(1.0, 9, len(jax.devices()))).chunks) == 1
     # A memory budget of 3.5 lanes per device: 3 lanes per device.
     budget = 3.5 * lane_bytes(tiny, 72) / 2**30
-    plan = make_plan(tiny, budget, len(jax.devices()))
+    plan = make_plan(tiny, Resources(memory_gb=budget, n_devices=len(jax.devices())))
     size, n_chunks = _layout(plan)
     assert n_chunks > 1
     if len(jax.devices()) == 2:
@@ -457,7 +465,7 @@ def test_alpha_grid_in_compile_groups_equals_one_group(tiny, tmp_path):
     # α is the fastest axis: a group's lanes are scattered over the store's lane order.
     tiny.sweep = {"xi": (0.0, 0.2), "alpha": (0.3, 0.45, 0.6, 0.75)}
     tiny.compile_groups = 8
-    plan = make_plan(tiny, 4.0, len(jax.devices()))
+    plan = make_plan(tiny, Resources(n_devices=len(jax.devices())))
     assert len(plan.compile_groups) > 1  # padding all to α 0.75 would waste ~40%
     grouped = run_sweep(tiny, out=str(tmp_path), progress=False, log=lambda s: None)
     assert bool(grouped.done.all())

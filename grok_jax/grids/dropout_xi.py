@@ -1,7 +1,8 @@
 """Dropout probability × corruption fraction ξ at fixed α and no weight decay.
 
-Dropout acts on the hidden pre-activation (PAPER.md §2); like weight decay it
-moves networks from memorizing the corrupted labels towards inverting them.
+Dropout acts on the hidden pre-activation (as in the code of Doshi et al.,
+arXiv:2310.13061); like weight decay it moves networks from memorizing the
+corrupted labels towards inverting them.
 """
 
 from grok_jax.config import base_config

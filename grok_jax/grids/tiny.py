@@ -2,6 +2,8 @@
 
 from grok_jax.config import base_config
 
+SCALES = ("small",)  # one size only: --scale=paper is refused rather than ignored
+
 
 def get_config(scale: str = "small"):
     config = base_config(scale)

@@ -1,4 +1,4 @@
-"""Weight decay × corruption fraction ξ at fixed α (PAPER.md §6, findings 1-2).
+"""Weight decay × corruption fraction ξ at fixed α (Doshi et al., arXiv:2310.13061, Figs. 1, 3).
 
 Small scale (default) finishes in minutes on a laptop CPU; ``--scale=paper`` is the
 paper's setting (p = 97, N = 500, 2000 steps, 3 seeds).

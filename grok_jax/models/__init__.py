@@ -2,9 +2,11 @@
 
 A model is looked up by name from the config (``config.model``) in :data:`MODELS`
 and built by :func:`get_model`. The rest of grok_jax talks to it only through the
-:class:`Model` interface below, so a new model needs nothing but a module with a
-factory registered here (see "Adding a model" in the README). Every method is pure
-and works on one lane; a sweep ``vmap``s it over lanes.
+:class:`Model` interface below. What the config, its checks and the figures know of
+a model (its options, their checks, its training settings, its title) is in the
+:class:`ModelSpec` its module registers (:func:`register`), so a new model needs
+nothing but a module (see "Adding a model" in the README; ``mlp3.py`` ends with its
+spec). Every method is pure and works on one lane; a sweep ``vmap``s it over lanes.
 """
 
 from __future__ import annotations
@@ -88,32 +90,136 @@ class Model(Protocol):
         """The weights whose norms are logged, by name (``norm_<name>`` and together
         ``weight_norm``): matrices, not normalization scales or shifts."""
 
-
-def _mlp2(config: Any, readout_columns: int | None = None) -> Model:
-    from grok_jax.models import mlp2
-
-    return mlp2.MLP2(config.p, config.width, config.activation, config.batchnorm, config.bn_stats,
-                     readout_columns)
+    # Optional: ``optimizer_groups(params) -> OptimizerGroups | None``, the model's
+    # AdamW parameter groups per leaf, a function of the tree's structure and shapes
+    # only (it is given ShapeDtypeStructs); without it, or with None, one AdamW trains
+    # every leaf (see :func:`optimizer_groups`).
 
 
-def _mlp3(config: Any, readout_columns: int | None = None) -> Model:
-    from grok_jax.models import mlp3
+class OptimizerGroups(NamedTuple):
+    """PyTorch AdamW parameter groups, per leaf of ``params`` (trees of its
+    structure with Python values): leaf ``w`` is trained at learning rate
+    ``lr·lr_scale`` and decayed by that learning rate times ``wd`` where ``decay``
+    (``w ← w − lr·lr_scale·(adam_update + [decay]·wd·w)``)."""
 
-    return mlp3.MLP3(config.p, config.width, config.batchnorm, config.bn_stats, config.parameterization)
-
-
-def _transformer(config: Any, readout_columns: int | None = None) -> Model:
-    from grok_jax.models import transformer
-
-    return transformer.Transformer(config.p, config.width, config.heads, config.layernorm, config.tie_embeddings)
+    lr_scale: Any  # a float per leaf
+    decay: Any  # a bool per leaf
 
 
-# name -> factory(config, readout_columns=None): the static config of a compile group;
-# readout_columns is a speed hint of grok_jax.layouts (a model may ignore it).
-MODELS: dict[str, Callable[..., Model]] = {"mlp2": _mlp2, "mlp3": _mlp3, "transformer": _transformer}
-# Models with a BatchNorm option (config.batchnorm) and with an activation choice (config.activation).
-BATCHNORM_MODELS = ("mlp2", "mlp3")
-ACTIVATION_MODELS = ("mlp2",)
+def optimizer_groups(model: Model, params: Any) -> OptimizerGroups | None:
+    """The model's optional hook ``optimizer_groups(params)``: its AdamW groups,
+    or None (also for a model without the hook) for one AdamW over every leaf."""
+    hook = getattr(model, "optimizer_groups", None)
+    return None if hook is None else hook(params)
+
+
+class ModelSpec(NamedTuple):
+    """What a model knows, registered under its name by :func:`register` (each
+    module in this package registers its own at import): everything that the config,
+    its checks and the figures need, so that adding a model touches its module only.
+
+    Attributes:
+      factory: ``factory(config, readout_columns=None) -> Model`` for the static
+        settings of a compile group (:func:`grok_jax.config.static_config`): the
+        shared fields (``p``, ``width``, ``batchnorm``, ...) and the model's own section
+        ``config[name]``. ``readout_columns`` is a speed hint of
+        :mod:`grok_jax.layouts` that a model may ignore.
+      title: what figure titles call it, e.g. ``"2-layer MLP"``.
+      options: its own config section ``config.<name>``: option -> default (a bool,
+        int, float or str: the type of every value it may take), one comment each.
+        Options change the compiled program (they are part of ``static_config``).
+      choices: option -> its valid values (checked by ``check_config``).
+      axes: options that a sweep may vary (static axes), each under its own name:
+        ``config.sweep.<option>`` sets ``config.<name>.<option>`` per lane, and the
+        store's axis has that name. Models with an option of the same name share
+        the axis; a grid that sweeps it may only have such models.
+      defaults: ``defaults(scale) -> dict``: the training settings (top-level fields
+        such as ``lr``, ``steps``, ``width``) it starts from at ``scale`` where they
+        differ from :func:`grok_jax.config.base_config`'s (the two-layer MLP's).
+      check: ``check(config) -> None``, the further checks of its options, called by
+        ``check_config`` for each static group of a grid with this model (every
+        static axis fixed; traced axes may still be swept): raises ``ConfigError``
+        with a one-line message naming the field (``"transformer.heads=3 ..."``).
+      batchnorm: it has the post-activation BatchNorm option (``config.batchnorm``).
+      describe: ``describe(config, options, swept) -> list[str]``: its parts of a figure
+        title, from a store's config (a dict), its options (:func:`stored_options`)
+        and the names of the swept axes (which label the panels instead).
+    """
+
+    factory: Callable[..., Model]
+    title: str
+    options: ml_collections.ConfigDict = None  # type: ignore[assignment]  (None: no options)
+    choices: Mapping[str, tuple] = {}
+    axes: tuple[str, ...] = ()
+    defaults: Callable[[str], dict] = lambda scale: {}
+    check: Callable[[Any], None] = lambda config: None
+    batchnorm: bool = False
+    describe: Callable[[Mapping, Mapping, set], list[str]] = (
+        lambda config, options, swept: [] if "width" in swept else [f"N={config['width']}"])
+
+
+OPTION_TYPES = (bool, int, float, str)
+# name -> ModelSpec, in registration order (the built-ins: mlp2, mlp3, transformer).
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(name: str, spec: ModelSpec) -> ModelSpec:
+    """Registers model ``name`` (``config.model``): its config section is
+    ``config.<name>``, built from ``spec.options`` by ``base_config``. A
+    ``ValueError`` says what is wrong with a spec; a registered name is refused
+    (:func:`unregister` it first). Returns ``spec``.
+
+    Example:
+      >>> register("linear", ModelSpec(factory=make_linear, title="linear model",
+      ...                              options=ml_collections.ConfigDict({"gain": 1.0})))
+    """
+    if not name.isidentifier() or name.startswith("_"):
+        raise ValueError(f"model name {name!r} must be a Python identifier (it names a config section)")
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is registered already")
+    if not isinstance(spec, ModelSpec) or not callable(spec.factory):
+        raise ValueError(f"model {name!r}: register a ModelSpec with a factory")
+    options = {} if spec.options is None else spec.options.to_dict()
+    for option, value in options.items():
+        if type(value) not in OPTION_TYPES:
+            raise ValueError(f"model {name!r}: option {option!r} defaults to {value!r}; options are bool, int, "
+                             "float or str")
+    for option, valid in spec.choices.items():
+        if option not in options or options[option] not in valid:
+            raise ValueError(f"model {name!r}: choices of {option!r}, which is no option or whose default "
+                             "is not one of them")
+    if not set(spec.axes) <= set(options):
+        raise ValueError(f"model {name!r}: axes {spec.axes} are not all options")
+    MODELS[name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Removes model ``name`` from the registry (a test's model, afterwards)."""
+    del MODELS[name]
+
+
+def stored_options(name: str, config: Mapping) -> dict:
+    """The options of model ``name`` in a config as stored (a dict, e.g. a store's
+    JSON): its section, over the defaults; a store of an earlier version kept the
+    options at the top level."""
+    spec = MODELS[name]
+    defaults = {} if spec.options is None else spec.options.to_dict()
+    section = config.get(name)
+    if not isinstance(section, Mapping):
+        section = {k: config[k] for k in defaults if k in config}
+    return {**defaults, **section}
+
+
+def title_parts(config: Mapping, swept: set) -> tuple[str, list[str]]:
+    """A figure title's name of the model of a stored ``config`` (a dict) and the
+    parts about it (its width and options), the swept axes left out; the bare name
+    and its width for a model no longer registered."""
+    name = config.get("model", "mlp2")
+    spec = MODELS.get(name)
+    if spec is None:
+        return name, [] if "width" in swept else [f"width={config['width']}"]
+    return spec.title, list(spec.describe(config, stored_options(name, config), swept))
 
 
 def get_model(config: ml_collections.ConfigDict | Any, readout_columns: int | None = None) -> Model:
@@ -126,7 +232,7 @@ def get_model(config: ml_collections.ConfigDict | Any, readout_columns: int | No
     """
     if config.model not in MODELS:
         raise ConfigError(f"unknown model {config.model!r}; valid models: {', '.join(MODELS)}")
-    return MODELS[config.model](config, readout_columns=readout_columns)
+    return MODELS[config.model].factory(config, readout_columns=readout_columns)
 
 
 def flat_variables(variables: Variables) -> dict[str, Any]:
@@ -159,11 +265,17 @@ class FinalSpec(NamedTuple):
 
 def final_specs(model: Model) -> dict[str, FinalSpec]:
     """What ``final`` of :func:`grok_jax.train.make_train` holds for ``model``:
-    ``ipr_<group>`` over the group's neurons and every leaf of its variables."""
+    ``ipr_<group>`` over the group's neurons, ``peak_train_acc`` (a scalar) and every
+    leaf of its variables."""
     specs = {f"ipr_{group}": FinalSpec((group,), (n,)) for group, n in model.groups.items()}
+    specs["peak_train_acc"] = FinalSpec((), ())
     shapes = flat_variables(jax.eval_shape(model.init, jax.random.key(0)))
     if set(shapes) != set(model.param_dims):
         raise ValueError(f"param_dims names {sorted(model.param_dims)}, the variables are {sorted(shapes)}")
     for path, shape in shapes.items():
         specs[path] = FinalSpec(tuple(model.param_dims[path]), tuple(shape.shape))
     return specs
+
+
+# The built-in models register themselves (after everything above, which they import).
+from grok_jax.models import mlp2, mlp3, transformer  # noqa: E402,F401

@@ -15,9 +15,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from grok_jax.metrics import ipr
-from grok_jax.models import Inputs, Variables
+from grok_jax.models import Inputs, ModelSpec, Variables, register
 
 Params = dict[str, jax.Array]
 ACTIVATIONS = {"quad": jnp.square, "relu": jax.nn.relu}
@@ -200,7 +201,7 @@ def analytic_solution(key: jax.Array, p: int, width: int) -> Params:
     phi_u = jax.random.uniform(ku, (width,), minval=-jnp.pi, maxval=jnp.pi)
     phi_v = jax.random.uniform(kv, (width,), minval=-jnp.pi, maxval=jnp.pi)
     # Amplitude (2/N)^(1/3): the three layers multiply to 2/N, which with ~N/4
-    # aligned terms gives unit logits. PAPER.md prints the exponent as -1/3, which
+    # aligned terms gives unit logits. The paper's Eq. 2 prints the exponent as -1/3, which
     # would give logits of order N²/4 (same argmax and IPR, but far from one-hot).
     scale = (2.0 / width) ** (1.0 / 3.0)
     angle = 2 * jnp.pi * jnp.outer(jnp.arange(p), freq) / p  # (p, N)
@@ -321,3 +322,24 @@ class MLP2(NamedTuple):
 
     def norm_leaves(self, params: Params) -> dict[str, jax.Array]:
         return {k: params[k] for k in "UVW"}
+
+
+def options() -> ml_collections.ConfigDict:
+    """The section ``config.mlp2`` of the config."""
+    o = ml_collections.ConfigDict()
+    o.activation = "quad"  # φ: "quad" (x², the paper's Eq. 1) or "relu" (App. N); a sweep axis
+    return o
+
+
+def _make(config, readout_columns: int | None = None) -> MLP2:
+    return MLP2(config.p, config.width, config.mlp2.activation, config.batchnorm, config.bn_stats, readout_columns)
+
+
+def _describe(config, options, swept) -> list[str]:
+    return ([] if "width" in swept else [f"N={config['width']}"]) + (
+        [] if "activation" in swept else [f"φ={options['activation']}"])
+
+
+SPEC = register("mlp2", ModelSpec(
+    factory=_make, title="2-layer MLP", options=options(), choices={"activation": tuple(ACTIVATIONS)},
+    axes=("activation",), batchnorm=True, describe=_describe))

@@ -18,9 +18,10 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+import ml_collections
 
 from grok_jax.metrics import ipr
-from grok_jax.models import Inputs, Variables
+from grok_jax.models import Inputs, ModelSpec, Variables, register
 from grok_jax.models.layers import BatchNorm, RowDropout, apply_module, init_module
 
 PARAMETERIZATIONS = ("standard", "lazy")
@@ -130,3 +131,30 @@ class MLP3(NamedTuple):
     def norm_leaves(self, params: Any) -> dict[str, jax.Array]:
         return {k: params[k] for k in ("U", "V", "W2", "W3")}
 
+
+
+def options() -> ml_collections.ConfigDict:
+    """The section ``config.mlp3`` of the config."""
+    o = ml_collections.ConfigDict()
+    # init: "standard" N(0, 2/fan_in) or "lazy" N(0, 2/N^(2/3)) (App. G.3); a sweep axis
+    o.parameterization = "standard"
+    return o
+
+
+def defaults(scale: str) -> dict:
+    """The paper's settings (Fig. 7b) where they differ from the two-layer MLP's."""
+    return {"steps": 5000} if scale == "paper" else {}
+
+
+def _make(config, readout_columns: int | None = None) -> MLP3:
+    return MLP3(config.p, config.width, config.batchnorm, config.bn_stats, config.mlp3.parameterization)
+
+
+def _describe(config, options, swept) -> list[str]:
+    init = [] if {"model", "parameterization"} & swept else [f"{options['parameterization']} init"]
+    return ([] if "width" in swept else [f"N={config['width']}"]) + init
+
+
+SPEC = register("mlp3", ModelSpec(
+    factory=_make, title="3-layer ReLU MLP", options=options(), choices={"parameterization": PARAMETERIZATIONS},
+    axes=("parameterization",), defaults=defaults, batchnorm=True, describe=_describe))

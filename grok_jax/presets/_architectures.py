@@ -12,7 +12,7 @@ def transformer_run(scale: str):
     run.model = "transformer"
     run.p = pick(scale, 11, 23, 97)  # modulus
     run.width = pick(scale, 16, 32, 128)  # embedding dimension d
-    run.heads = 4  # attention heads
+    run.transformer.heads = 4  # attention heads
     run.lr = pick(scale, 0.002, 0.002, 0.001)  # AdamW learning rate
     run.steps = pick(scale, 60, 1500, 3000)  # AdamW steps
     run.log_every = pick(scale, 20, 50, 50)  # metrics every this many steps
