@@ -7,7 +7,7 @@
 
 Importing grok_jax does not configure JAX; the command line splits a CPU into one
 device per core (:func:`use_cpu_cores`) and turns on the persistent compilation
-cache (:func:`grok_jax.execution.use_compilation_cache`).
+cache (:func:`grok_jax.programs.use_compilation_cache`).
 """
 
 from grok_jax.config import load_config

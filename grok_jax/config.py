@@ -7,7 +7,7 @@ import importlib.util
 import itertools
 import math
 import os
-from typing import Callable, Mapping
+from typing import Callable
 
 import ml_collections
 
@@ -438,29 +438,6 @@ def axis_values(config: ml_collections.ConfigDict, name: str) -> tuple:
         model = next((m for m in grid if m in axes[name]), axes[name][0])
         return (config[model][name],)
     return (config[name],)
-
-
-def upgrade(stored: Mapping) -> dict:
-    """A config as a store of an earlier version holds it (a dict from its JSON) in
-    today's form: the model options it kept at the top level (``activation``,
-    ``parameterization``, ``heads``, ``layernorm``, ``tie_embeddings``) moved into the
-    sections of the models with an option of that name (defaults for the rest). A
-    config of this version is returned as it is (a copy).
-
-    Example:
-      >>> upgrade({"model": "mlp2", "activation": "relu", ...})["mlp2"]
-      {'activation': 'relu'}
-    """
-    config, fields = dict(stored), set(FIELD_TYPES) | {"sweep", "plot"}
-    flat = {}
-    for model, spec in MODELS.items():
-        options = _options(spec)
-        flat.update({name: config[name] for name in options if name in config and name not in fields})
-        if not isinstance(config.get(model), Mapping):
-            config[model] = {**options, **{name: config[name] for name in options if name in config}}
-    for name in flat:
-        del config[name]
-    return config
 
 
 def available_grids() -> list[str]:

@@ -110,8 +110,7 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
             if count > 1:
                 plan, done = _read_store(path, options.memory_gb)
             chunks = plan.share(me, count, ~done)
-            if me == 0 or count > 1:
-                print_plan(plan, chunks, len(devices), done, options.log if me == 0 else _quiet)
+            print_plan(plan, chunks, len(devices), done, options.log if me == 0 else _quiet)
             Runner(plan, devices, settings, path, peers).run(chunks, done)
         except BaseException as e:
             peers.stopped(e, path)
@@ -119,6 +118,7 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
         peers.finished(path)  # every process's lanes are committed
         if me == 0:
             checkpoints.remove_directory(path)
+            results.drop_start(path)  # (of a continuation for more steps, finished)
     return results.load_results(path, options.parameters)
 
 
@@ -150,15 +150,15 @@ def _open_store(config: ml_collections.ConfigDict, path: str, options: Options, 
         flat.attrs["runs"] = json.dumps([_environment(config, plan)], sort_keys=True)
         results.create(path, flat, plan.store_chunk, log)
         return plan, flat["done"].values
-    checkpoints.clear_beyond(path, jax.process_count())  # of a run with more processes
-    if options.repair:
-        results.repair(path, log)
     stored_config = {**cfg.base_config().to_dict(), **json.loads(existing.attrs["config"])}
     plan = results.stored_plan(existing, path)
     change = growth.compare(stored_config, plan.axes, config, path)
     _check_platform(plan, resources, path)
+    checkpoints.clear_beyond(path, jax.process_count())  # of a run with more processes
+    if options.repair:
+        results.repair(path, log)
     if change.grows:
-        return _grow(config, path, existing, plan, change, resources, log)
+        return _grow(config, path, existing, plan, change, options, resources)
     done = results.committed(existing, log)
     check_memory(plan, plan.share(0, 1, ~done), options.memory_gb)
     results.record_run(path, existing, config_json, growth.RECORDED, _environment(config, plan))
@@ -167,10 +167,12 @@ def _open_store(config: ml_collections.ConfigDict, path: str, options: Options, 
 
 
 def _grow(config: ml_collections.ConfigDict, path: str, existing: Any, plan: Plan, change: growth.Change,
-          resources: Resources, log: Callable[[str], None]) -> tuple[Plan, np.ndarray]:
+          options: Options, resources: Resources) -> tuple[Plan, np.ndarray]:
     """Replaces the store by its grown grid (:func:`results.create` with
     ``keep_old``): the stored lanes at their new places, the new lanes to run, and
-    for more steps the stored lanes to continue."""
+    for more steps the stored lanes to continue, from a copy of their state that the
+    commits of the continued lanes do not overwrite (:data:`results.START`)."""
+    log = options.log
     committed = results.committed(existing)
     if change.first_block and not committed.all():
         raise ConfigError(f"{path} is not finished ({int(committed.sum())} of {len(committed)} lanes done): run "
@@ -182,6 +184,7 @@ def _grow(config: ml_collections.ConfigDict, path: str, existing: Any, plan: Pla
                      change.old_index, change.first_block)
     done = np.zeros(plan.n_lanes, bool)
     done[change.old_index] = committed & (change.first_block == 0)
+    check_memory(plan, plan.share(0, 1, ~done), options.memory_gb)
     more = (f"; the {len(change.old_index)} stored lanes continue from step "
             f"{change.first_block * config.log_every} to {config.steps}" if change.first_block else "")
     log(f"growing {path}: {len(change.old_index)} of {plan.n_lanes} lanes stored; "
@@ -190,15 +193,20 @@ def _grow(config: ml_collections.ConfigDict, path: str, existing: Any, plan: Pla
         old = existing.load()
     flat = growth.grown_results(old, results.new_results(config.to_json(sort_keys=True), plan), change.old_index)
     flat["done"].values[:] = done
+    if change.first_block:
+        results.keep_start(flat)
     results.append_run(flat, _environment(config, plan))
-    checkpoints.clear_all(path)  # their lanes have new indices
     results.create(path, flat, plan.store_chunk, log, keep_old=True)
+    checkpoints.clear_all(path)  # of the store before: their lanes had other indices
     return plan, done
 
 
 def _read_store(path: str, memory_gb: float) -> tuple[Plan, np.ndarray]:
     """Several processes, once process 0 has opened the store: its plan, the lanes done."""
     existing = results.open_store(path)
+    if existing is None:
+        raise ConfigError(f"process {jax.process_index()} does not see {path}, which process 0 opened: --out must "
+                          "be on a file system every host sees")
     plan = results.stored_plan(existing, path)
     done = results.committed(existing)
     check_memory(plan, plan.share(jax.process_index(), jax.process_count(), ~done), memory_gb)

@@ -3,11 +3,14 @@
     python -m grok_jax.figures --figure=fig1            # quick scale: minutes on a laptop CPU
     python -m grok_jax.figures --figure=all --scale=paper
     python -m grok_jax.figures --list
+    python -m grok_jax.figures --claims_table           # figures/README.md's claims table from figures/*.json
 
 Each figure is a preset in ``grok_jax/presets/`` (its runs' grid configs and how it is
 drawn). Its runs are sweeps with a results store each under ``--results``, reused
 when the same run was stored before (by this or another figure); the figure is
 written to ``--out`` as PNG and PDF, with a JSON summary of its numbers beside them.
+The preset's claims (:class:`grok_jax.presets.Claim`) are checked on those numbers,
+printed ✓/✗ and recorded in the JSON; a claim that fails is a finding, not an error.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import ml_collections
 import numpy as np
 import xarray as xr
 
-from grok_jax import analysis, plotting, presets, results
+from grok_jax import analysis, phases, plotting, presets, results
 from grok_jax import config as cfg
 from grok_jax.errors import ConfigError, StoreWriteError
 
@@ -86,7 +89,21 @@ def _draw_phases(datasets: Datasets, options: Any, head: str, paths: Sequence[st
         per_run = "; ".join(f"{field} {c[field]}: {c['steps']} steps, lr {c['lr']:g}" for c in configs)
         title = f"{plotting.title(first)} [{per_run}]"
     plotting.heatmap(phase, x, y, paths, f"{head}: {title}", phase=True, fraction=fraction)
-    return {"phases": {name: plotting.phase_table(ds) for name, ds in datasets.items()}}
+    return {"phases": {name: plotting.phase_table(ds) for name, ds in datasets.items()},
+            "cells": {name: phase_cells(ds) for name, ds in datasets.items()}}
+
+
+def phase_cells(ds: xr.Dataset) -> list[dict]:
+    """One record per cell of a phase diagram: its coordinates and (majority) phase
+    name (``None``: not run), what the figures' claims read."""
+    phase, _ = plotting.cell_phase(ds)
+    records = []
+    for index in np.ndindex(*phase.shape):
+        record = {d: analysis._plain(phase[d].values[i]) for d, i in zip(phase.dims, index)}
+        code = int(phase.values[index])
+        record["phase"] = phases.PHASES[code] if code >= 0 else None
+        records.append(record)
+    return records
 
 
 def _draw_ipr_histograms(datasets: Datasets, options: Any, head: str, paths: Sequence[str]) -> dict:
@@ -101,7 +118,8 @@ def _draw_ipr_histograms(datasets: Datasets, options: Any, head: str, paths: Seq
     for record, (_, sel) in zip(lanes, plotting.lane_panels(ds)):
         f, i = final.isel(sel).values, init.isel(sel).values
         record.update(mean_ipr_init=_number(np.nanmean(i)), mean_ipr_final=_number(np.nanmean(f)),
-                      share_above_half_init=_number(np.mean(i > 0.5)), share_above_half_final=_number(np.mean(f > 0.5)))
+                      share_above_half_init=_number(np.mean(i > 0.5)), share_above_half_final=_number(np.mean(f > 0.5)),
+                      share_low_final=_number(np.mean(f < 0.25)), share_high_final=_number(np.mean(f >= 0.75)))
     return {"lanes": lanes}
 
 
@@ -245,9 +263,96 @@ def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: st
     summary = renderer.draw(datasets, figure.options, head, paths)
     record = {"figure": os.path.basename(stem), "scale": scale, "description": figure.description,
               "stores": stores, "stores_existed": existed,  # reused: the wall time is mostly drawing
-              "wall_seconds": round(time.perf_counter() - start, 1), "summary": summary}
+              "wall_seconds": round(time.perf_counter() - start, 1), "summary": summary,
+              "claims": check_claims(figure, summary, scale)}
     _write_json(f"{stem}.json", record)
     return [*paths, f"{stem}.json"]
+
+
+def check_claims(figure: ml_collections.ConfigDict, summary: dict, scale: str) -> list[dict]:
+    """The figure's claims (``figure.claims``, :class:`grok_jax.presets.Claim`) checked on
+    its summary: one record each, ``{text, expected, holds, measured, why}``;
+    ``expected``: whether the paper's claim is expected at ``scale``. A check that
+    finds its number missing does not hold (measured: what is missing)."""
+    records = []
+    for claim in figure.get("claims", ()):
+        try:
+            holds, measured = claim.check(summary)
+        except Exception as e:  # noqa: BLE001 - a number missing or None: not shown; never a lost figure
+            holds, measured = False, f"cannot check: {type(e).__name__}: {e}"
+        records.append({"text": claim.text, "expected": scale in claim.scales, "holds": bool(holds),
+                        "measured": str(measured), "why": claim.why})
+    return records
+
+
+def claim_line(claim: dict, scale: str) -> str:
+    """``✓ text (measured: ...)``, ``✗ ...``, or ``– not expected at <scale> scale: ...``."""
+    text = f"{claim['text']} (measured: {claim['measured']})"
+    if not claim["expected"]:
+        return f"– not expected at {scale} scale: {text}"
+    return f"{'✓' if claim['holds'] else '✗'} {text}"
+
+
+def claims_tally(records: Sequence[dict], scale: str) -> str:
+    """``claims: N of M hold at <scale> scale``, over the claims expected there."""
+    expected = [c for c in records if c["expected"]]
+    return f"claims: {sum(c['holds'] for c in expected)} of {len(expected)} hold at {scale} scale"
+
+
+CLAIMS_BEGIN, CLAIMS_END = "<!-- claims table: begin -->", "<!-- claims table: end -->"
+
+
+def claims_table(out: str) -> str:
+    """The markdown table of the claims recorded in ``out/*.json`` (every figure of
+    the gallery), one row per claim: figure, scale, claim, result, measured, threshold."""
+    rows = ["| figure | scale | claim | result | measured | threshold and why |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    names = sorted((n[:-5] for n in os.listdir(out) if n.endswith(".json")),
+                   key=lambda n: (not n.startswith("fig"), n))
+    tally: dict[str, list[dict]] = {}
+    unchecked = []  # drawn before claims were checked
+    for name in names:
+        try:
+            with open(os.path.join(out, f"{name}.json")) as f:
+                record = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read {os.path.join(out, name)}.json: {e}") from e
+        if "claims" not in record:
+            unchecked.append(name)
+            continue
+        for claim in record["claims"]:
+            tally.setdefault(record["scale"], []).append(claim)
+            result = ("✓ holds" if claim["holds"] else "✗ fails") if claim["expected"] else (
+                f"– not expected ({'holds' if claim['holds'] else 'fails'})")
+            rows.append(f"| [{name}]({name}.png) | {record['scale']} | {cell(claim['text'])} | {result} | "
+                        f"{cell(claim['measured'])} | {cell(claim['why'])} |")
+    lines = [f"{claims_tally(records, scale)}." for scale, records in tally.items()]
+    if unchecked:
+        lines.append(f"(no claims recorded in {', '.join(unchecked)}: drawn before claims were checked; "
+                     "draw them again)")
+    return "\n".join(rows + [""] + lines)
+
+
+def write_claims_table(out: str, readme: str | None = None) -> str:
+    """Replaces the text between :data:`CLAIMS_BEGIN` and :data:`CLAIMS_END` in
+    ``readme`` (default ``out/README.md``) with :func:`claims_table` of ``out``;
+    a ``ConfigError`` if the markers are missing. Returns the README's path."""
+    readme = readme or os.path.join(out, "README.md")
+    try:
+        with open(readme) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {readme}: {e.strerror or e}") from e
+    begin, end = text.find(CLAIMS_BEGIN), text.find(CLAIMS_END)
+    if begin < 0 or end < begin:
+        raise ConfigError(f"{readme} has no lines {CLAIMS_BEGIN} ... {CLAIMS_END} to put the claims table between")
+    text = f"{text[:begin + len(CLAIMS_BEGIN)]}\n{claims_table(out)}\n{text[end:]}"
+    partial = f"{readme}.partial"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, readme)
+    return readme
 
 
 def _write_json(path: str, record: dict) -> None:
@@ -309,6 +414,9 @@ def main(argv: list[str] | None = None) -> None:
                                 flag_values=fv)
     cache = flags.DEFINE_string("compilation_cache", default_cache_dir(), "persistent compilation cache "
                                 "directory ('' disables it)", flag_values=fv)
+    table = flags.DEFINE_bool("claims_table", False, "rewrite the claims table of <out>/README.md (between its "
+                              "claims-table marker comments) from the claims recorded in <out>/*.json, and exit",
+                              flag_values=fv)
     show_help = flags.DEFINE_bool("help", False, "show this help", short_name="h", flag_values=fv)
     try:
         rest = fv(argv)[1:]
@@ -319,6 +427,9 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"unexpected arguments {rest}; use --flag=value")
         if listing.value:
             print(_listing(scale.value))
+            sys.exit(0)
+        if table.value:
+            print(f"wrote the claims table of {write_claims_table(out.value)}")
             sys.exit(0)
         if not figure.value:
             raise ConfigError(f"no --figure given; valid figures: {', '.join(available_figures())}, all "
@@ -332,15 +443,20 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, flags.Error) as e:
         _fail(e)
     start(cache.value, cache.present)
+    claims: list[dict] = []  # a claim that fails is a finding, not an error: the exit status stays 0
     for name, config in figures.items():
         try:
             start = time.perf_counter()
             paths = run_figure(name, config, scale.value, out.value, results_dir.value, memory.value)
             print(f"{name}: wrote {', '.join(paths)} ({time.perf_counter() - start:.0f} s)")
             with open(paths[-1]) as f:
-                headline = json.load(f)["summary"].get("headline")
+                record = json.load(f)
+            headline = record["summary"].get("headline")
             if headline:
                 print(f"{name}: {headline}")
+            for claim in record["claims"]:
+                print(claim_line(claim, scale.value))
+            claims += record["claims"]
         except ConfigError as e:
             _fail(f"{name}: {e}")
         except StoreWriteError as e:
@@ -350,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             _fail(f"interrupted in {name}; finished runs are kept under {results_dir.value}: run the same "
                   "command again to resume", status=130)
+    print(claims_tally(claims, scale.value))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import ml_collections
 import numpy as np
 import xarray as xr
 
+from grok_jax import config as cfg
+from grok_jax import results
 from grok_jax.errors import ConfigError
 
 # Fields that do not change stored lanes: the stored plan's compile groups stay (new
@@ -50,23 +52,27 @@ def compare(stored: dict, axes: dict[str, tuple], config: ml_collections.ConfigD
     new = json.loads(config.to_json())
     old_sweep = {name: list(values) for name, values in axes.items()}
     new_sweep = {name: list(config.sweep[name]) for name in config.sweep}  # in grid order
+    fixed = {name: cfg.axis_values(ml_collections.ConfigDict(stored), name)[0] for name in new_sweep
+             if name not in old_sweep}  # a new axis: the store's value of it
     longer = new["steps"] > stored["steps"] and new["log_every"] == stored["log_every"]
     for name in sorted(set(stored) | set(new)):
         if name in ("sweep", *RESUMABLE) or name in new_sweep or (name == "steps" and longer):
             continue
-        if stored.get(name) != new.get(name):
-            _refuse(path, name, stored.get(name), new.get(name))
+        old_value, new_value = stored.get(name), new.get(name)
+        if isinstance(old_value, dict) and isinstance(new_value, dict):  # a model's section: its swept options aside
+            old_value, new_value = ({k: v for k, v in d.items() if k not in new_sweep} for d in (old_value, new_value))
+        if old_value != new_value:
+            _refuse(path, name, old_value, new_value)
     for name, values in old_sweep.items():
         if name not in new_sweep:
             _refuse(path, f"sweep.{name}", values, new.get(name), "an axis of the store is gone")
         missing = [v for v in values if v not in new_sweep[name]]
         if missing:
             _refuse(path, f"sweep.{name}", values, new_sweep[name], f"the store's values {missing} are gone")
-    for name, values in new_sweep.items():
-        if name not in old_sweep and stored.get(name) not in values:
-            _refuse(path, f"sweep.{name}", stored.get(name), values,
-                    f"a new axis must include the store's {name}={stored.get(name)!r}")
-    old_index = _old_index(old_sweep, new_sweep, stored)
+    for name, value in fixed.items():
+        if value not in new_sweep[name]:
+            _refuse(path, f"sweep.{name}", value, new_sweep[name], f"a new axis must include the store's {name}={value!r}")
+    old_index = _old_index(old_sweep, new_sweep, fixed)
     first_block = stored["steps"] // stored["log_every"] if longer else 0
     return Change(first_block > 0 or len(old_index) < int(np.prod([len(v) for v in new_sweep.values()])),
                   old_index, first_block)
@@ -79,8 +85,9 @@ def _refuse(path: str, name: str, old: Any, new: Any, why: str = "") -> None:
                       "to another directory, replace it with --overwrite, or resume it with the same config")
 
 
-def _old_index(old_sweep: dict, new_sweep: dict, stored: dict) -> np.ndarray:
-    """The grown grid's index of every stored lane (C order of each grid)."""
+def _old_index(old_sweep: dict, new_sweep: dict, fixed: dict) -> np.ndarray:
+    """The grown grid's index of every stored lane (C order of each grid); ``fixed``:
+    the store's value of each axis new to the grid."""
     old_shape = [len(v) for v in old_sweep.values()]
     coords = np.unravel_index(np.arange(int(np.prod(old_shape))), old_shape) if old_shape else ()
     old_pos = dict(zip(old_sweep, coords))
@@ -90,7 +97,7 @@ def _old_index(old_sweep: dict, new_sweep: dict, stored: dict) -> np.ndarray:
             where = np.asarray([values.index(v) for v in old_sweep[name]])
             positions.append(where[old_pos[name]])
         else:
-            positions.append(np.full(int(np.prod(old_shape)), values.index(stored[name])))
+            positions.append(np.full(int(np.prod(old_shape)), values.index(fixed[name])))
     if not positions:
         return np.zeros(1, np.int64)
     return np.ravel_multi_index(positions, [len(v) for v in new_sweep.values()]).astype(np.int64)
@@ -101,6 +108,8 @@ def grown_results(old: xr.Dataset, new: xr.Dataset, old_index: np.ndarray) -> xr
     stored flat results ``old`` at its lanes' new places (the leading part of each
     other dim: a static axis may add a larger width or p), and the stored runs."""
     for name, var in old.data_vars.items():
+        if name.startswith(results.START):  # a continuation's start, finished
+            continue
         region = (old_index, *(slice(0, n) for n in var.shape[1:]))
         new[name].values[region] = var.values
     new.attrs["runs"] = old.attrs.get("runs", "[]")

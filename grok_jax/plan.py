@@ -86,7 +86,7 @@ class Plan(NamedTuple):
     groups: tuple[Group, ...]  # static groups, in grid order
     lane_group: np.ndarray  # the static group of every lane
     chunks: tuple[Chunk, ...]  # by static group, then compile group, smallest n_max first
-    n_devices: int  # devices the chunks were sized for
+    n_devices: int  # devices of the run that made it (new chunks are sized for them; see device_calls)
     platform: str
     rules: str
     store_chunk: int  # lanes per chunk of the store's files (one writer each)
@@ -314,7 +314,7 @@ def _with_fixed(values: dict, fresh: Plan, stored: Plan) -> dict:
     axis new to the grid has the stored config's fixed value)."""
     names = {k for g in fresh.groups for k in g.values}
     base = stored.groups[0].config
-    return {k: values[k] if k in values else base[k] for k in names}
+    return {k: values[k] if k in values else cfg.axis_values(base, k)[0] for k in names}
 
 
 def _by_kind(added: list[tuple[Chunk, np.ndarray]]) -> list[tuple[tuple, np.ndarray]]:

@@ -22,7 +22,7 @@ of lanes is committed by :func:`write`: every variable first, flushed to disk, t
 atomically (it writes a temporary file and renames it over the old one), so at any
 instant the lanes marked done are committed ones (a commit cut short leaves some of
 its lanes unmarked: they run again). With several processes (multi-host), each
-writes only the lane chunks it owns (:func:`grok_jax.plan.process_chunks`) and
+writes only the lane chunks it owns (:meth:`grok_jax.plan.Plan.share`) and
 process 0 the attributes. ``runs`` in the attributes records what ran, one entry
 per run. Write errors raise :class:`~grok_jax.errors.StoreWriteError`.
 """
@@ -68,6 +68,7 @@ FORMAT = 5  # bumped when the layout changes (2: per-layer weight norms; 3: para
 PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
 REPLACED = ".{name}.replaced-"  # prefix of a store being replaced (--overwrite), before its removal
 GROWN = ".{name}.before-growth-"  # prefix of a store being grown, until the grown one is in place
+START = "start."  # prefix of the state continued lanes start from (see keep_start)
 
 
 def store_path(out: str | os.PathLike) -> str:
@@ -114,7 +115,7 @@ def new_results(config_json: str, plan: Any) -> xr.Dataset:
     from grok_jax import config as cfg
     from grok_jax import metrics
     from grok_jax.models import final_specs, get_model
-    from grok_jax.train import opt_state_specs
+    from grok_jax.train import OPT_STATE, opt_state_size
 
     config = plan.groups[0].config
     steps = np.arange(0, config.steps + 1, config.log_every)
@@ -125,7 +126,7 @@ def new_results(config_json: str, plan: Any) -> xr.Dataset:
         names += [n for n in metrics.metric_names(tuple(model.norm_leaves(params))) if n not in names]
         specs = {name: (spec.dims, spec.shape) for name, spec in final_specs(model).items()}
         if plan.keep_state:
-            specs.update(opt_state_specs(cfg.static_config(group.config), model))
+            specs[OPT_STATE] = (("opt_value",), (opt_state_size(cfg.static_config(group.config), model),))
         for name, (d, shape) in specs.items():
             if dims.setdefault(name, d) != d:
                 raise ConfigError(f"{name} has dims {dims[name]} in one static group and {d} in another")
@@ -270,6 +271,22 @@ def record_run(path: str, ds: xr.Dataset, config_json: str, recorded: tuple[str,
         _set_attr(path, "config", json.dumps({**old, **{k: new[k] for k in recorded}}, sort_keys=True))
 
 
+def keep_start(flat: xr.Dataset) -> None:
+    """Copies, in flat results about to be continued for more steps, every lane's
+    state (its variables, optimizer state and peak training accuracy) under
+    :data:`START` names: the commits of the continued lanes overwrite the originals,
+    and a commit cut short must not leave a lane to continue from its new state."""
+    for name in [n for n in flat.data_vars if "." in n and not n.startswith(START)] + ["peak_train_acc"]:
+        flat[START + name] = flat[name].copy()
+
+
+def drop_start(path: str) -> None:
+    """Removes the :data:`START` copies from a store whose lanes are all done."""
+    group = zarr.open_group(path, mode="r+")
+    for name in [n for n in group.array_keys() if n.startswith(START)]:
+        del group[name]
+
+
 def append_run(flat: xr.Dataset, run: dict) -> None:
     """Appends ``run`` to the ``runs`` attribute of flat results in memory."""
     flat.attrs["runs"] = json.dumps([*json.loads(flat.attrs.get("runs", "[]")), run], sort_keys=True)
@@ -319,12 +336,16 @@ def _set_attr(path: str, name: str, value: Any) -> None:
 
 def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[str, np.ndarray],
           phase: np.ndarray) -> None:
-    """Commits the results of ``lanes`` (increasing grid indices): every variable
-    (arrays smaller than the store's fill its leading part), a flush to disk, then
-    their ``done`` mark in a write of its own."""
+    """Commits the results of ``lanes`` (grid indices, in any order: a grown store's
+    chunks keep their stored order): every variable (arrays smaller than the store's
+    fill its leading part), a flush to disk, then their ``done`` mark in a write of
+    its own."""
+    order = np.argsort(lanes, kind="stable")
+    lanes = lanes[order]
     try:
         group = zarr.open_group(path, mode="r+")
         for name, values in {**log, **final, "phase": phase.astype(np.int8)}.items():
+            values = values[order]
             group[name].oindex[_region(lanes, values)] = values
         _flush(path)
         _mark_done(group, lanes)
@@ -340,7 +361,7 @@ def _region(lanes: np.ndarray, values: np.ndarray) -> tuple:
 
 def _selection(lanes: np.ndarray) -> slice | np.ndarray:
     """A slice for consecutive lanes (a plain region write), else the indices."""
-    if len(lanes) and lanes[-1] - lanes[0] == len(lanes) - 1:
+    if len(lanes) and np.all(np.diff(lanes) == 1):
         return slice(int(lanes[0]), int(lanes[-1]) + 1)
     return lanes
 

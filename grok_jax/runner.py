@@ -27,7 +27,7 @@ from grok_jax.models import flat_variables, get_model, nest_variables
 from grok_jax.peers import Peers
 from grok_jax.plan import Chunk, Plan, device_calls, flops_per_lane
 from grok_jax.programs import program
-from grok_jax.train import Lane, RunState, make_optimizer, opt_state_from, opt_state_leaves
+from grok_jax.train import OPT_STATE, Lane, RunState, opt_state_like, pack_opt_state, unpack_opt_state
 
 CHECKPOINT_MINUTES = 5.0  # default: a long chunk's state is saved at most this often
 
@@ -95,14 +95,14 @@ class Runner:
             return
         chunk, outputs, count = previous
         jax.block_until_ready(outputs)
-        self.bar.update(count - self.bar.n)
+        self.bar.update(max(0, count - self.bar.n))  # (a call restored from its checkpoint counted its steps)
         new = np.flatnonzero(~self.done[chunk.real])
         lanes = chunk.real[new]
         out_log, out_final = jax.tree.map(lambda v: np.asarray(v)[new], outputs)
         variables, opt_state = out_final.pop("variables"), out_final.pop("opt_state")
         out_final.update(flat_variables(variables))
         if self.plan.keep_state:
-            out_final.update(opt_state_leaves(opt_state))
+            out_final[OPT_STATE] = pack_opt_state(opt_state)
         steps = np.arange(0, self.config.steps + 1, self.config.log_every)
         phase, summary = phases.summarize(out_log, self.plan.xi[lanes], steps)
         out_final.update(summary)
@@ -191,17 +191,21 @@ class Runner:
         log so far (a longer run's state at that block, as it would be)."""
         static = self.statics[c.group]
         model = get_model(static)
-        params = jax.eval_shape(model.init, jax.random.key(0))["params"]
-        like = jax.eval_shape(make_optimizer(jnp.float32(0), jnp.float32(0), static, model).init, params)
+        shapes = jax.eval_shape(model.init, jax.random.key(0))
         group = zarr.open_group(self.path, mode="r")
         unique, where = np.unique(c.lanes, return_inverse=True)
-        read = lambda name: group[name].oindex[unique][where]  # noqa: E731
+
+        def read(name: str, leaf: Any = None) -> np.ndarray:
+            # The lanes' values; of a leaf, its group's leading part (a static axis may widen the store's dims)
+            values = group[name].oindex[unique][where]
+            return values if leaf is None else values[(slice(None), *map(slice, leaf.shape))].astype(leaf.dtype)
+
         with results.readable(self.path):
-            variables = nest_variables({path: read(path) for path in model.param_dims})
-            opt_state = opt_state_from({name: read(name).astype(leaf.dtype) for name, leaf in
-                                        opt_state_leaves(like).items()}, like)
-            log = {name: read(name) for name in metrics.metric_names(tuple(model.norm_leaves(params)))}
-            return RunState(variables, opt_state, log, read("peak_train_acc"))
+            variables = nest_variables({path: read(results.START + path, leaf)
+                                        for path, leaf in flat_variables(shapes).items()})
+            opt_state = unpack_opt_state(read(results.START + OPT_STATE), opt_state_like(static, model))
+            log = {name: read(name) for name in metrics.metric_names(tuple(model.norm_leaves(shapes["params"])))}
+            return RunState(variables, opt_state, log, read(results.START + "peak_train_acc"))
 
     def _save(self, key: dict, block: int, state: Any) -> None:
         """The in-flight checkpoint; a failed write (a full disk) is a :class:`StoreWriteError`."""

@@ -14,7 +14,7 @@ from grok_jax.data import make_dataset, split_sizes, training_rows
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.models import flat_variables, get_model
-from grok_jax.train import Lane, inputs, make_train, opt_state_leaves
+from grok_jax.train import OPT_STATE, Lane, inputs, make_train, pack_opt_state
 
 QUIET = dict(progress=False, log=lambda s: None)
 
@@ -160,7 +160,7 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone(model, fields):
     lane = Lane(jnp.int32(1), jnp.int32(n_train), jnp.int32(n_corrupt), jnp.float32(config.wd),
                 jnp.float32(config.lr), jnp.float32(0.3))
     log, final = jax.jit(make_train(static, n_train))(lane)  # unpadded, no vmap
-    final.update(flat_variables(final.pop("variables")), **opt_state_leaves(final.pop("opt_state")))
+    final.update(flat_variables(final.pop("variables")), **{OPT_STATE: pack_opt_state(jax.tree.map(lambda x: np.asarray(x)[None], final.pop("opt_state")))[0]})
     cell = ds.sel(sel)
     for name, values in {**log, **final}.items():
         np.testing.assert_allclose(cell[name].values, values, rtol=1e-4, atol=1e-6, err_msg=name)

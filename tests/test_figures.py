@@ -44,7 +44,11 @@ def test_every_figure_renders_at_tiny_scale(tiny_figures):
         record = _summary(out, name)
         assert record["figure"] == f"{name}_tiny" and record["scale"] == "tiny" and record["wall_seconds"] > 0
         assert record["summary"], name
+        assert [set(c) for c in record["claims"]] == [{"text", "expected", "holds", "measured", "why"}] * len(
+            figures.load_figure(name, "tiny").claims), name
     assert not list(out.glob("*.partial"))
+    assert stdout.rstrip().splitlines()[-1].startswith("claims: ")  # the closing tally
+    assert stdout.rstrip().endswith("hold at tiny scale")
 
 
 def test_shared_runs_are_trained_once(tiny_figures):
@@ -254,3 +258,75 @@ def test_one_row_batches_are_left_out_of_the_batchnorm_panels():
     runs = figures.load_figure("fig3_batch", "paper").runs
     assert 0.2 not in runs.bn_batch8.sweep.alpha and len(runs.bn_batch8.sweep.alpha) == 16
     assert len(runs.bn_batch64.sweep.alpha) == len(runs.bn_batch256.sweep.alpha) == 17
+
+
+CLAIMS_PRESET = """
+from grok_jax.presets import Claim, lane
+from grok_jax.presets.fig2 import get_config as fig2
+
+
+def get_config(scale):
+    config = fig2(scale)
+    config.claims = (
+        Claim("the run ends at a test accuracy in [0, 1]", lambda s: (0 <= lane(s)["final_test_acc"] <= 1,
+              f"test {lane(s)['final_test_acc']}"), scales=("tiny",), why="an accuracy"),
+        Claim("the test accuracy exceeds 100% (fails on purpose)", lambda s: (lane(s)["final_test_acc"] > 1,
+              f"test {lane(s)['final_test_acc']}"), scales=("tiny",), why="impossible"),
+        Claim("a number the summary lacks", lambda s: (s["missing"] > 0, "?"), scales=("tiny",), why="missing"),
+        Claim("grokking (not at tiny scale)", lambda s: (False, "no"), scales=("quick", "paper"), why="60 steps"),
+    )
+    return config
+"""
+
+
+def test_claims_hold_fail_and_are_recorded(tmp_path, capsys):
+    """A preset with a claim that holds, one that fails on purpose, one whose number
+    is missing and one not expected at tiny scale, through the command line: ✓/✗/–
+    lines, the closing tally, the JSON and exit status 0 (a failed claim is a finding)."""
+    preset = tmp_path / "my_claims.py"
+    preset.write_text(CLAIMS_PRESET)
+    out = tmp_path / "figs"
+    try:
+        figures.main([f"--figure={preset}", "--scale=tiny", f"--out={out}", f"--results={tmp_path / 'r'}",
+                      "--compilation_cache="])
+    except SystemExit as e:  # main returns on success; an exit must be status 0
+        assert e.code in (0, None), capsys.readouterr().err
+    lines = capsys.readouterr().out.splitlines()
+    claims = [line for line in lines if line[:1] in "✓✗–"]
+    assert claims[0].startswith("✓ the run ends at a test accuracy in [0, 1] (measured: test ")
+    assert claims[1].startswith("✗ the test accuracy exceeds 100% (fails on purpose) (measured: test ")
+    assert claims[2] == "✗ a number the summary lacks (measured: cannot check: KeyError: 'missing')"
+    assert claims[3] == "– not expected at tiny scale: grokking (not at tiny scale) (measured: no)"
+    assert lines[-1] == "claims: 1 of 3 hold at tiny scale"
+    record = json.loads((out / "my_claims_tiny.json").read_text())["claims"]
+    assert [(c["expected"], c["holds"]) for c in record] == [(True, True), (True, False), (True, False),
+                                                             (False, False)]
+    assert record[1] == {"text": "the test accuracy exceeds 100% (fails on purpose)", "expected": True,
+                         "holds": False, "measured": claims[1].split("(measured: ")[1][:-1], "why": "impossible"}
+
+    readme = out / "README.md"
+    readme.write_text(f"# gallery\n\n{figures.CLAIMS_BEGIN}\nold table\n{figures.CLAIMS_END}\n\nafter\n")
+    (out / "old_tiny.json").write_text(json.dumps({"figure": "old_tiny", "scale": "tiny", "summary": {}}))
+    with pytest.raises(SystemExit) as exit_:
+        figures.main(["--claims_table", f"--out={out}"])
+    assert exit_.value.code == 0
+    text = readme.read_text()
+    assert "old table" not in text and text.endswith(f"{figures.CLAIMS_END}\n\nafter\n")
+    assert "| [my_claims_tiny](my_claims_tiny.png) | tiny | the test accuracy exceeds 100% (fails on purpose) " \
+           "| ✗ fails |" in text
+    assert "| – not expected (fails) |" in text and "(no claims recorded" in text
+    assert "claims: 1 of 3 hold at tiny scale." in text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit) as exit_:
+        figures.main(["--claims_table", f"--out={out}"])
+    assert exit_.value.code == 2 and "no lines <!-- claims table: begin -->" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", presets.SCALES)
+def test_claims_are_declared_with_scales_and_thresholds(scale):
+    for name in figures.available_figures():
+        for claim in figures.load_figure(name, scale).claims:
+            assert isinstance(claim, presets.Claim) and claim.text and claim.why, name
+            assert set(claim.scales) <= set(presets.SCALES) and "tiny" not in claim.scales, (name, claim.text)
+    assert {name for name in figures.available_figures() if figures.load_figure(name, scale).claims} >= {
+        "fig1", "fig4", "fig5", "fig6", "appP", "appQ"}

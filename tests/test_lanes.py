@@ -23,7 +23,7 @@ from grok_jax import phases, runner
 from grok_jax.models import flat_variables
 from grok_jax.config import base_config, static_config
 from grok_jax.data import split_sizes
-from grok_jax.train import Lane, make_train, opt_state_leaves
+from grok_jax.train import OPT_STATE, Lane, make_train, pack_opt_state
 
 AXES = {"seed": (0, 1), "alpha": (0.4, 0.6), "xi": (0.0, 0.3), "dropout": (0.0, 0.3)}  # α groups interleave
 # Measured: a lane in a sweep (vmapped, padded, row-blocked) differs from the same
@@ -73,7 +73,8 @@ def test_every_lane_of_every_chunk_is_its_own_run(alone, lanes_per_device, tmp_p
                    log=lambda s: None)
     flat = ds.stack(lane=list(AXES)).transpose("lane", ...)  # C order of the grid
     for i, (log, final) in alone.items():
-        final = {**final, **flat_variables(final["variables"]), **opt_state_leaves(final["opt_state"])}
+        packed = pack_opt_state(jax.tree.map(lambda x: np.asarray(x)[None], final["opt_state"]))[0]
+        final = {**final, **flat_variables(final["variables"]), OPT_STATE: packed}
         del final["variables"], final["opt_state"]
         for name, values in {**log, **final}.items():
             got = flat[name].values[i]

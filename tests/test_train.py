@@ -17,7 +17,8 @@ from grok_jax.models import flat_variables, get_model
 from grok_jax.models.mlp2 import init_params
 from grok_jax.execution import run_sweep
 from grok_jax.plan import PADDING_TOLERANCE, Resources, compile_groups, lane_bytes, make_plan
-from grok_jax.train import Lane, make_gradient, make_optimizer, make_run, make_train, opt_state_leaves, stream_key
+from grok_jax.train import (OPT_STATE, Lane, make_gradient, make_optimizer, make_run, make_train, pack_opt_state,
+                            stream_key)
 
 
 def _adamw_numpy(w: dict, grads, steps: int, lr: float, wd: float, b1: float, b2: float, eps: float) -> dict:
@@ -288,7 +289,7 @@ def test_a_lane_in_the_sweep_equals_the_same_run_alone(batchnorm, blocked, monke
         alone_static = static_config(alone_config).as_configdict()
         alone_static.use_dropout = True  # a rate of 0 must then keep every unit
         log, final = jax.jit(make_train(alone_static, n_train))(lane)  # unpadded, no vmap
-        final.update(flat_variables(final.pop("variables")), **opt_state_leaves(final.pop("opt_state")))
+        final.update(flat_variables(final.pop("variables")), **{OPT_STATE: pack_opt_state(jax.tree.map(lambda x: np.asarray(x)[None], final.pop("opt_state")))[0]})
         assert "params.U" in final and ("batch_stats.var" in final) == batchnorm
         cell = ds.sel(sel)
         for name, values in log.items():

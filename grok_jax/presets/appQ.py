@@ -6,7 +6,7 @@ to change it). A network's prunable count is the number of neurons zeroed before
 the test accuracy first falls below 90%; networks that never reach 90% are left out.
 """
 
-from grok_jax.presets import figure_config, pick, run_config
+from grok_jax.presets import Claim, figure_config, pick, run_config
 
 
 def get_config(scale: str = "quick"):
@@ -22,4 +22,14 @@ def get_config(scale: str = "quick"):
                            "prunable", widths=run)
     config.options.fractions = pick(scale, (), (), tuple(i / 200 for i in range(201)))  # () = every count
     config.options.threshold = 0.9  # test accuracy below which the network counts as broken
+    config.claims = (Claim("App. Q: the number of prunable neurons grows with the width", _grows,
+                           why="the mean prunable count over seeds strictly increases from each width to the "
+                               "next (a wider network adds neurons that can go)"),)
     return config
+
+
+def _grows(summary):
+    widths = sorted(summary["widths"].items(), key=lambda kv: int(kv[0]))
+    means = [v["mean"] for _, v in widths]
+    holds = None not in means and all(b > a for a, b in zip(means, means[1:]))
+    return holds, ", ".join(f"N {w}: {v['mean']}" for w, v in widths)

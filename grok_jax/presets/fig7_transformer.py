@@ -2,7 +2,7 @@
 a per-step decay of 1% and 5%). Quick: wd 1 and 3 at lr 0.002 (0.2% and 0.6% per
 step): the small Transformer generalizes at α 0.9, ξ 0 at wd 3 (wd 5: Forgetting, Confusion)."""
 
-from grok_jax.presets import figure_config, pick
+from grok_jax.presets import figure_config, more_coexistence, pick
 from grok_jax.presets._architectures import transformer_run
 
 
@@ -14,5 +14,8 @@ def transformer_wd_run(scale: str):
 
 
 def get_config(scale: str = "quick"):
-    return figure_config("Transformer phase diagrams α × ξ at wd 10 and 50", "phases",
-                         transformer=transformer_wd_run(scale))
+    config = figure_config("Transformer phase diagrams α × ξ at wd 10 and 50", "phases",
+                           transformer=transformer_wd_run(scale))
+    low, high = pick(scale, (10.0, 50.0), (1.0, 3.0), (10.0, 50.0))
+    config.claims = (more_coexistence("Fig. 7a: the Transformer", "wd", low, high),)
+    return config
