@@ -234,7 +234,7 @@ def _split(lanes: np.ndarray, kind: tuple, size: int) -> list[Chunk]:
 def device_calls(chunk: Chunk, n_devices: int) -> list[Chunk]:
     """A stored chunk as program calls on ``n_devices`` devices (a resumed sweep may
     have other devices than the one that planned it): its layout's lanes per device
-    on as many devices as its real lanes need, at most ``n_devices``. A lane's
+    on the devices it was planned for, or in several calls on fewer. A lane's
     numbers do not depend on the other lanes of its call.
 
     Example:
@@ -242,8 +242,7 @@ def device_calls(chunk: Chunk, n_devices: int) -> list[Chunk]:
       [[0, 1, 2, 3], [4, 5, 6, 7]]
     """
     per_device = chunk.layout.lanes_per_device
-    devices = min(n_devices, -(-chunk.count // per_device))
-    size = per_device * devices
+    size = per_device * min(n_devices, len(chunk.lanes) // per_device)  # its padding lanes too: no new shape
     if size == len(chunk.lanes):
         return [chunk]
     return _split(chunk.real, (chunk.group, chunk.n_max, chunk.n_min, chunk.layout, chunk.first_block), size)

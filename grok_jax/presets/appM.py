@@ -18,6 +18,6 @@ def get_config(scale: str = "quick"):
 
     config.claims = (Claim("App. M: cross-entropy has no Forgetting phase", no_forgetting, scales=("paper",),
                            why="no Forgetting cell on the grid ('We do not observe a Forgetting phase'); the "
-                               "quick grid (lr 0.01, wd ≤ 10) collapses into Confusion or Forgetting from wd 6 "
+                               "quick grid (lr 0.01, wd ≤ 10) collapses into Confusion from wd 6 "
                                "and does not span the appendix's range: expected at paper scale only"),)
     return config
