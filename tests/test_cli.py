@@ -38,7 +38,8 @@ def test_end_to_end_and_resume(tmp_path, capsys):
     for name in ("phase_diagram.png", "test_acc.png", "train_acc.png"):
         assert (out / name).stat().st_size > 10_000
     ds = grok_jax.load_results(out)
-    assert dict(ds.sizes) == {"seed": 2, "wd": 2, "xi": 2, "step": 3, "hidden": 32, "operand": 11, "logit": 11}
+    assert dict(ds.sizes) == {"seed": 2, "wd": 2, "xi": 2, "step": 3, "hidden": 32, "operand": 11, "logit": 11,
+                              "opt_value": 2 * 3 * 11 * 32 + 1}  # AdamW's moments of U, V, W and its count
     assert list(ds.xi.values) == [0.0, 0.3] and list(ds.step.values) == [0, 20, 40]
     assert json.loads(ds.attrs["config"])["steps"] == 40
     assert bool(ds.done.all()) and set(np.unique(ds.phase)) <= set(range(7))

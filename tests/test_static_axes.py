@@ -25,7 +25,7 @@ def test_a_width_sweep_equals_separate_sweeps_per_width(tiny, tmp_path):
         alone_config = cfg.load_config("tiny")
         alone_config.width = width
         alone = run_sweep(alone_config, out=str(tmp_path / f"w{width}"), **QUIET)
-        cell = both.sel(width=width).isel(hidden=slice(0, width))
+        cell = both.sel(width=width).isel(hidden=slice(0, width), opt_value=slice(0, alone.sizes["opt_value"]))
         for name in alone.data_vars:
             np.testing.assert_array_equal(cell[name].values, alone[name].values, err_msg=f"width {width}: {name}")
         # past its width a lane's per-neuron arrays are NaN
