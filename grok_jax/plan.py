@@ -119,12 +119,8 @@ class Plan(NamedTuple):
         if count == 1:
             return tuple(c for c in self.chunks if pending[c.real].any())
         owner = (np.arange(self.n_lanes) // self.store_chunk) % count
-        kinds: dict[tuple, list[np.ndarray]] = {}
-        for c in self.chunks:
-            kinds.setdefault((c.group, c.n_max, c.n_min, c.layout, c.first_block), []).append(c.real)
         chunks = []
-        for kind, lanes in kinds.items():
-            lanes = np.concatenate(lanes)
+        for kind, lanes in _by_kind([(c, c.real) for c in self.chunks]):
             mine = np.sort(lanes[(owner[lanes] == index) & pending[lanes]])
             chunks += _split(mine, kind, kind[3].lanes_per_device * self.n_devices)
         return tuple(chunks)
@@ -316,11 +312,12 @@ def _with_fixed(values: dict, fresh: Plan, stored: Plan) -> dict:
     return {k: values[k] if k in values else cfg.axis_values(base, k)[0] for k in names}
 
 
-def _by_kind(added: list[tuple[Chunk, np.ndarray]]) -> list[tuple[tuple, np.ndarray]]:
-    """New lanes grouped by ``(group, n_max, n_min, layout)``, in plan order."""
+def _by_kind(lanes_of: list[tuple[Chunk, np.ndarray]]) -> list[tuple[tuple, np.ndarray]]:
+    """Lanes (of chunks, ``(chunk, its lanes)``) grouped by the chunks'
+    ``(group, n_max, n_min, layout, first_block)``, in plan order."""
     kinds: dict[tuple, list[np.ndarray]] = {}
-    for c, new in added:
-        kinds.setdefault((c.group, c.n_max, c.n_min, c.layout), []).append(new)
+    for c, lanes in lanes_of:
+        kinds.setdefault((c.group, c.n_max, c.n_min, c.layout, c.first_block), []).append(lanes)
     return [(k, np.concatenate(v)) for k, v in kinds.items()]
 
 
