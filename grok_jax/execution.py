@@ -12,19 +12,30 @@ them all (:mod:`grok_jax.peers`).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
 
+from grok_jax import checkpoints, growth, layouts, refine, results
 from grok_jax import config as cfg
-from grok_jax import checkpoints, growth, layouts, results
-from grok_jax.errors import ConfigError
+from grok_jax.errors import ConfigError, StoreWriteError
 from grok_jax.peers import Peers, open_store_first, sigterm_stops
-from grok_jax.plan import Plan, Resources, check_fits, check_memory, check_resources, grow_plan, make_plan
+from grok_jax.plan import (
+    Plan,
+    Resources,
+    check_fits,
+    check_memory,
+    check_resources,
+    flops_per_lane,
+    grow_plan,
+    make_plan,
+)
+from grok_jax.refine import Refinement
 from grok_jax.runner import CHECKPOINT_MINUTES, Runner, Settings, print_plan
 
 
@@ -39,6 +50,7 @@ class Options(NamedTuple):
     repair: bool = False  # recompute the lanes of damaged chunks of the store (results.repair)
     accelerator_layout: bool = False  # the GPU/TPU layout rules on any platform
     keep_state: bool = True  # store each lane's final optimizer state (2× the parameters), to continue it
+    refine: Refinement = Refinement()  # run a coarse grid, then only where phases change (grok_jax.refine)
     progress: bool = True  # a progress bar on stderr
     log: Callable[[str], None] = print
     parameters: bool = True  # return the final parameters too
@@ -74,12 +86,19 @@ def run_sweep(config: ml_collections.ConfigDict, out: str | None = None, options
     :class:`~grok_jax.errors.Preempted` (see :mod:`grok_jax.peers` for several
     processes).
 
+    ``refine=Refinement(levels)`` runs a coarse grid first and then, round by
+    round, only the cells between neighbours that differ; the others are inferred
+    (:mod:`grok_jax.refine`). ``Refinement(0)`` on a refined store runs the cells
+    not run yet.
+
     Example:
       >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi", progress=False)
       >>> ds.phase.to_pandas()                   # wd × xi table of phase codes
     """
     options = (options or Options())._replace(**fields)
     cfg.check_config(config)  # the API's entry point; the command line checks before it calls sweep
+    refine.check(options.refine, config, jax.process_count(), out)
+    config = refine.with_extra_seeds(config, options.refine)
     check_resources(options.memory_gb, options.lanes_per_device)
     check_fits(config, options.memory_gb)
     check_checkpointing(config, options.checkpoint_steps, options.checkpoint_minutes)
@@ -109,9 +128,12 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
         try:  # from here on, every process ends in peers.stopped or peers.finished
             if count > 1:
                 plan, done = _read_store(path, options.memory_gb)
-            chunks = plan.share(me, count, ~done)
-            print_plan(plan, chunks, len(devices), done, options.log if me == 0 else _quiet)
-            Runner(plan, devices, settings, path, peers).run(chunks, done)
+            rounds = _Rounds(plan, options, path, done, len(devices))
+            for i, (scheduled, before) in enumerate(rounds.schedules()):  # one, without refinement
+                chunks = plan.share(me, count, scheduled & ~before, scheduled)
+                if i == 0 and not rounds.rule.active:
+                    print_plan(plan, chunks, len(devices), before, options.log if me == 0 else _quiet)
+                Runner(plan, devices, settings, path, peers).run(chunks, before)
         except BaseException as e:
             peers.stopped(e, path)
             raise
@@ -119,7 +141,84 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
         if me == 0:
             checkpoints.remove_directory(path)
             results.drop_start(path)  # (of a continuation for more steps, finished)
+            rounds.finish()
     return results.load_results(path, options.parameters)
+
+
+class _Rounds:
+    """The rounds of a sweep on a store: one, of every lane, without refinement;
+    with it, each round's lanes chosen (:func:`refine.next_round`) and marked
+    ``scheduled`` in the store before they run, until none is left (a round cut
+    short runs first when the sweep resumes)."""
+
+    def __init__(self, plan: Plan, options: Options, path: str, done: np.ndarray, devices: int):
+        self.plan, self.rule, self.path, self.log = plan, options.refine, path, options.log
+        self.before, self.devices, self.start = done, devices, time.perf_counter()
+        self.base = refine.base_lanes(plan.axes, self.rule)
+
+    def schedules(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each round's lanes scheduled so far and the lanes done before it."""
+        if not self.rule.active:
+            yield np.ones(self.plan.n_lanes, bool), self.before
+            return
+        print_plan(self.plan, self.plan.chunks, self.devices, self.before, self.log)  # the full grid
+        if self._lanes()["scheduled"].all():
+            self.log("refining: every lane of the store is scheduled already (it was not refined): "
+                     "--refine changes nothing here")
+        pending = None
+        for count in itertools.count(1):
+            lanes = self._lanes()
+            scheduled = lanes["scheduled"]
+            if not (scheduled & ~lanes["done"]).any():
+                step = refine.next_round(self.plan.axes, lanes, self.rule)
+                if not step.run.any():
+                    return
+                results.schedule(self.path, np.flatnonzero(step.run))
+                scheduled = scheduled | step.run
+                self.log(f"refinement round {count}: {int(step.run.sum())} lane(s) to run; "
+                         f"{int(scheduled.sum())} of {self.plan.n_lanes} scheduled so far")
+            elif pending is not None and np.array_equal(pending, scheduled & ~lanes["done"]):
+                raise StoreWriteError(f"the lanes of a round did not commit to {self.path}; run the same command "
+                                      "again, or --repair it")
+            pending = scheduled & ~lanes["done"]
+            yield scheduled, lanes["done"]
+
+    def _lanes(self) -> dict[str, np.ndarray]:
+        """What refinement reads of the store: per lane."""
+        ds = results.open_store(self.path)
+        with results.readable(self.path):
+            lanes = {k: ds[k].values for k in ("phase", "scheduled", "inferred")}
+            lanes.update({k: ds[k][:, -1].values for k in refine.ACCURACIES})
+        lanes["done"] = results.committed(ds)
+        return lanes
+
+    def finish(self) -> None:
+        """Records the inferred lanes (none without refinement) and, after a
+        refinement, says what it saved against the full grid (its own seeds)."""
+        lanes = self._lanes() if self.rule.active else None
+        if lanes is None:
+            if results.open_store(self.path)["inferred"].values.any():  # a refined store, filled in
+                n = self.plan.n_lanes
+                results.record_inferred(self.path, np.zeros(n, bool), np.full(n, -1), np.ones(n, bool))
+            return
+        step = refine.next_round(self.plan.axes, lanes, self.rule)
+        results.record_inferred(self.path, step.inferred, step.phase, lanes["done"])
+        work, ran = _lane_flops(self.plan) * self.base, lanes["done"] & self.base
+        now = ran & ~self.before
+        seconds = time.perf_counter() - self.start
+        saved = (f"; about {seconds * work[~ran].sum() / work[now].sum():.0f} s of training saved at this run's "
+                 "rate" if now.any() and work[~ran].any() else "")
+        self.log(f"refined: {int(ran.sum())} of {int(self.base.sum())} lanes run "
+                 f"({work[ran].sum() / work.sum():.0%} of the full grid's work), {int(step.inferred.sum())} "
+                 f"inferred{saved}")
+
+
+def _lane_flops(plan: Plan) -> np.ndarray:
+    """Each lane's training work (matmul FLOPs, :func:`flops_per_lane`)."""
+    work = np.zeros(plan.n_lanes)
+    for c in plan.chunks:
+        work[c.real] = flops_per_lane(plan.config(c), c.n_max)
+    return work
 
 
 def _quiet(line: str) -> None:
@@ -147,7 +246,8 @@ def _open_store(config: ml_collections.ConfigDict, path: str, options: Options, 
             checkpoints.clear_all(path)  # of the replaced store
         plan = make_plan(config, resources)
         flat = results.new_results(config_json, plan)
-        flat.attrs["runs"] = json.dumps([_environment(config, plan)], sort_keys=True)
+        flat["scheduled"].values[:] = not options.refine.active  # a refined sweep schedules round by round
+        flat.attrs["runs"] = json.dumps([_environment(config, plan, options)], sort_keys=True)
         results.create(path, flat, plan.store_chunk, log)
         return plan, flat["done"].values
     stored_config = {**cfg.base_config().to_dict(), **json.loads(existing.attrs["config"])}
@@ -161,7 +261,10 @@ def _open_store(config: ml_collections.ConfigDict, path: str, options: Options, 
         return _grow(config, path, existing, plan, change, options, resources)
     done = results.committed(existing, log)
     check_memory(plan, plan.share(0, 1, ~done), options.memory_gb)
-    results.record_run(path, existing, config_json, growth.RECORDED, _environment(config, plan))
+    results.record_run(path, existing, config_json, growth.RECORDED, _environment(config, plan, options))
+    if not options.refine.active and not existing["scheduled"].values.all():
+        log(f"{path} holds a refined grid: running its {int((~done).sum())} lanes not run yet")
+        results.schedule(path, np.arange(plan.n_lanes))
     log(f"resuming {path} in its stored plan: {int(done.sum())} of {plan.n_lanes} lanes done")
     return plan, done
 
@@ -174,6 +277,9 @@ def _grow(config: ml_collections.ConfigDict, path: str, existing: Any, plan: Pla
     commits of the continued lanes do not overwrite (:data:`results.START`)."""
     log = options.log
     committed = results.committed(existing)
+    if change.first_block and not committed.all() and not existing["scheduled"].values.all():
+        raise ConfigError(f"{path} holds a refined grid ({int(committed.sum())} of {len(committed)} lanes run): "
+                          "fill it in with its own command without --refine before continuing it for more steps")
     if change.first_block and not committed.all():
         raise ConfigError(f"{path} is not finished ({int(committed.sum())} of {len(committed)} lanes done): run "
                           "its own command to finish it before continuing it for more steps")
@@ -193,9 +299,14 @@ def _grow(config: ml_collections.ConfigDict, path: str, existing: Any, plan: Pla
         old = existing.load()
     flat = growth.grown_results(old, results.new_results(config.to_json(sort_keys=True), plan), change.old_index)
     flat["done"].values[:] = done
+    flat["inferred"].values[:] = False  # inferred again once the grown grid is refined
+    flat["phase"].values[~done] = -1
+    ran = np.zeros(plan.n_lanes, bool)
+    ran[change.old_index] = committed  # kept, or continued for more steps
+    flat["scheduled"].values[:] = ran | (not options.refine.active)
     if change.first_block:
         results.keep_start(flat)
-    results.append_run(flat, _environment(config, plan))
+    results.append_run(flat, _environment(config, plan, options))
     results.create(path, flat, plan.store_chunk, log, keep_old=True)
     checkpoints.clear_all(path)  # of the store before: their lanes had other indices
     return plan, done
@@ -235,8 +346,8 @@ def check_checkpointing(config: Any, steps: int, minutes: float) -> int:
     return steps // config.log_every
 
 
-def _environment(config: Any, plan: Plan) -> dict:
-    """What ran: versions, backend, devices, processes, precision (JSON-able)."""
+def _environment(config: Any, plan: Plan, options: Options) -> dict:
+    """What ran: versions, backend, devices, processes, precision, refinement (JSON-able)."""
     import jaxlib
 
     from grok_jax import __version__
@@ -246,5 +357,5 @@ def _environment(config: Any, plan: Plan) -> dict:
             "backend": device.platform, "device_kind": device.device_kind,
             "local_devices": jax.local_device_count(), "devices": jax.device_count(),
             "process_count": jax.process_count(), "matmul_precision": config.matmul_precision,
-            "x64": bool(jax.config.jax_enable_x64), "rules": plan.rules,
+            "x64": bool(jax.config.jax_enable_x64), "rules": plan.rules, "refine": options.refine._asdict(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

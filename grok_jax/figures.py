@@ -8,7 +8,8 @@
 Each figure is a preset in ``grok_jax/presets/`` (its runs' grid configs and how it is
 drawn). Its runs are sweeps with a results store each under ``--results``, reused
 when the same run was stored before (by this or another figure); the figure is
-written to ``--out`` as PNG and PDF, with a JSON summary of its numbers beside them.
+written to ``--out`` as PNG and PDF, with a JSON summary of its numbers beside them,
+and each run's interactive report (``report.html``) beside its store.
 The preset's claims (:class:`grok_jax.presets.Claim`) are checked on those numbers,
 printed ✓/✗ and recorded in the JSON; a claim that fails is a finding, not an error.
 """
@@ -245,8 +246,11 @@ def output_stem(out: str, name: str, scale: str) -> str:
 def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: str, results_dir: str,
                memory_gb: float = 4.0, log: Callable[[str], None] = print) -> list[str]:
     """Runs (or reuses) the figure's sweeps, draws it and writes
-    ``output_stem(...)`` ``.png``, ``.pdf`` and ``.json`` (its numbers). Returns the paths."""
+    ``output_stem(...)`` ``.png``, ``.pdf`` and ``.json`` (its numbers), and each
+    run's interactive report beside its store (:mod:`grok_jax.report`). Returns the
+    paths, the JSON last."""
     from grok_jax.execution import Options, sweep
+    from grok_jax.report import write_report
 
     start = time.perf_counter()
     renderer = RENDERERS[figure.renderer]
@@ -261,12 +265,13 @@ def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: st
     head = f"{os.path.basename(stem)} ({scale} scale)"
     paths = [f"{stem}.png", f"{stem}.pdf"]
     summary = renderer.draw(datasets, figure.options, head, paths)
+    reports = [write_report(ds, stores[run]) for run, ds in datasets.items()]  # beside each run's store
     record = {"figure": os.path.basename(stem), "scale": scale, "description": figure.description,
               "stores": stores, "stores_existed": existed,  # reused: the wall time is mostly drawing
               "wall_seconds": round(time.perf_counter() - start, 1), "summary": summary,
               "claims": check_claims(figure, summary, scale)}
     _write_json(f"{stem}.json", record)
-    return [*paths, f"{stem}.json"]
+    return [*paths, *reports, f"{stem}.json"]
 
 
 def check_claims(figure: ml_collections.ConfigDict, summary: dict, scale: str) -> list[dict]:

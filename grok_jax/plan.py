@@ -105,25 +105,33 @@ class Plan(NamedTuple):
         """The config of the chunk's static group."""
         return self.groups[chunk.group].config
 
-    def share(self, index: int, count: int, pending: np.ndarray) -> tuple[Chunk, ...]:
+    def share(self, index: int, count: int, pending: np.ndarray, scheduled: np.ndarray | None = None
+              ) -> tuple[Chunk, ...]:
         """The chunks process ``index`` of ``count`` trains: the ``pending`` lanes of
         every ``store_chunk``-th block of lanes (a chunk of the store's files, written
         by one process only) from block ``index`` on, in chunks of their layout's
         lanes per device on :attr:`n_devices` devices. One process: the plan's
-        chunks that have pending lanes.
+        chunks that have pending lanes, whole where all their lanes are
+        ``scheduled`` (default: all), and the pending lanes of the others (a
+        refined sweep's round) in new chunks of the same shapes.
 
         Example:
           >>> [c.real.tolist() for c in plan.share(1, 2, np.ones(8, bool))]  # 8 lanes, 2 devices, blocks of 2
           [[2, 3], [6, 7]]
         """
-        if count == 1:
-            return tuple(c for c in self.chunks if pending[c.real].any())
         owner = (np.arange(self.n_lanes) // self.store_chunk) % count
+        whole = np.ones(self.n_lanes, bool) if scheduled is None else scheduled
+        kept, regrouped = [], []
+        for c in self.chunks:
+            if count == 1 and whole[c.real].all():
+                kept += [c] if pending[c.real].any() else []
+            else:
+                regrouped.append((c, c.real))
         chunks = []
-        for kind, lanes in _by_kind([(c, c.real) for c in self.chunks]):
+        for kind, lanes in _by_kind(regrouped):
             mine = np.sort(lanes[(owner[lanes] == index) & pending[lanes]])
             chunks += _split(mine, kind, kind[3].lanes_per_device * self.n_devices)
-        return tuple(chunks)
+        return tuple(kept + chunks)
 
     def to_json(self) -> str:
         """The plan as the store records it (see :func:`from_json`)."""
@@ -257,7 +265,9 @@ def check_memory(plan: Plan, chunks: Iterable[Chunk], memory_gb: float) -> None:
 
 def check_fits(config: ml_collections.ConfigDict, memory_gb: float) -> None:
     """``ConfigError`` when one lane of a checked ``config`` (its largest training
-    set, in each static group) needs more than ``memory_gb``."""
+    set, in each static group) needs more than ``memory_gb``, or when the static
+    groups' models cannot share one store (:func:`check_final_dims`)."""
+    check_final_dims(config)
     for _, group in cfg.static_groups(config):
         n_train = max(split_sizes(alpha, 0.0, group.task, group.p)[0] for alpha in cfg.axis_values(group, "alpha"))
         largest = lane_bytes(group, n_train)
@@ -265,6 +275,23 @@ def check_fits(config: ml_collections.ConfigDict, memory_gb: float) -> None:
             raise ConfigError(f"one lane at p={group.p}, width={group.width} needs about {largest / 2**30:.3g} GiB, "
                               f"more than --memory_gb={memory_gb:g} per device; lower p or width, or raise "
                               "--memory_gb")
+
+
+def check_final_dims(config: ml_collections.ConfigDict) -> None:
+    """``ConfigError`` when a final array (a parameter, a per-neuron IPR) has other
+    dims in one static group's model than in another's, or a dim named like a swept
+    axis. (From the models' declared dims: nothing runs JAX before the command line
+    has set up its devices.)"""
+    dims: dict[str, tuple] = {}
+    for _, group in cfg.static_groups(config):
+        model = get_model(cfg.static_config(group))
+        declared = {**{f"ipr_{g}": (g,) for g in model.groups}, **{k: tuple(v) for k, v in model.param_dims.items()}}
+        for name, d in declared.items():
+            if dims.setdefault(name, d) != d:
+                raise ConfigError(f"{name} has dims {dims[name]} in one static group and {d} in another")
+            clash = sorted(set(d) & set(config.sweep))
+            if clash:
+                raise ConfigError(f"the model's dim {clash[0]!r} of {name} has the name of a swept axis")
 
 
 def check_resources(memory_gb: float, lanes_per_device: int | None) -> None:

@@ -21,12 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import xarray as xr  # noqa: E402
 from matplotlib.colors import BoundaryNorm, ListedColormap  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from grok_jax import phases  # noqa: E402
 from grok_jax.models import title_parts  # noqa: E402
 
 PHASE_COLORS = ("#2ca02c", "#9bd770", "#1f77b4", "#d62728", "#7f7f7f", "#ff7f0e", "#000000")
+INFERRED_STYLE = {"facecolor": (1, 1, 1, 0.45), "hatch": "///", "edgecolor": "white", "linewidth": 0}  # paler, hatched
 LABELS = {"xi": "corruption fraction ξ", "wd": "weight decay", "alpha": "data fraction α",
           "dropout": "dropout", "lr": "learning rate", "seed": "seed"}
 
@@ -66,12 +67,14 @@ def _value(v) -> str:
 
 
 def heatmap(da: xr.DataArray, x: str, y: str | None, path: str | Sequence[str], suptitle: str,
-            phase: bool = False, fraction: xr.DataArray | None = None) -> str:
+            phase: bool = False, fraction: xr.DataArray | None = None, inferred: xr.DataArray | None = None) -> str:
     """Saves one heatmap panel per combination of the non-(x, y) dims of ``da`` to
     ``path`` (or each of several paths: PNG, PDF); cells whose ``fraction`` (of
-    seeds in the majority phase) is below 1 show it. Returns the (first) path."""
+    seeds in the majority phase) is below 1 show it, ``inferred`` cells (not run,
+    their phase inferred by refinement) are hatched and paler. Returns the (first) path."""
     panels = _panels(da, x, y)
     fractions = [f for _, f in _panels(fraction, x, y)] if fraction is not None else [None] * len(panels)
+    guessed = [g for _, g in _panels(inferred, x, y)] if inferred is not None else [None] * len(panels)
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axs = plt.subplots(rows, cols, figsize=(4.2 * cols + (2.2 if phase else 1.0), 3.8 * rows),
@@ -81,12 +84,14 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str | Sequence[str], 
         norm = BoundaryNorm(np.arange(len(PHASE_COLORS) + 1) - 0.5, len(PHASE_COLORS))
     else:
         cmap, norm = "viridis", plt.Normalize(0, 1)
-    for ax, (label, panel), frac in zip(axs.flat, panels, fractions):
+    for ax, (label, panel), frac, guess in zip(axs.flat, panels, fractions, guessed):
         values = np.ma.masked_less(panel.values.astype(float), 0) if phase else panel.values
         im = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
         for (i, j), f in np.ndenumerate(frac.values if frac is not None else []):
             if f < 1:
                 ax.text(j, i, f"{f:.0%}", ha="center", va="center", fontsize=7, color="white")
+        for i, j in np.argwhere(guess.values if guess is not None else np.zeros((0, 2))):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, **INFERRED_STYLE))
         ax.set_xticks(range(panel.shape[1]), [_value(v) for v in da[x].values], rotation=90)
         ax.set_xlabel(LABELS.get(x, x))
         if y:
@@ -100,6 +105,8 @@ def heatmap(da: xr.DataArray, x: str, y: str | None, path: str | Sequence[str], 
     if phase:
         present = sorted(set(np.unique(da.values)) - {-1})
         handles = [Patch(color=PHASE_COLORS[k], label=phases.PHASES[k]) for k in present]
+        if inferred is not None and bool(inferred.any()):
+            handles.append(Patch(facecolor="#a0a0a0", hatch="///", edgecolor="white", label="inferred\n(not run)"))
         fig.legend(handles=handles, loc="outside right center", title="phase")
     else:
         fig.colorbar(im, ax=axs, shrink=0.8, label=da.name)
@@ -114,6 +121,12 @@ def _save(fig: plt.Figure, suptitle: str, paths: Sequence[str]) -> list[str]:
         fig.savefig(path, dpi=110)
     plt.close(fig)
     return list(paths)
+
+
+def cell_inferred(ds: xr.Dataset) -> xr.DataArray:
+    """Cells never run whose phase refinement inferred (:mod:`grok_jax.refine`)."""
+    inferred = ds["inferred"] if "inferred" in ds else xr.zeros_like(ds["phase"], bool)
+    return inferred.any("seed") if "seed" in inferred.dims else inferred
 
 
 def cell_phase(ds: xr.Dataset) -> tuple[xr.DataArray, xr.DataArray | None]:
@@ -165,7 +178,7 @@ def save_figures(ds: xr.Dataset, out: str) -> list[str]:
         final = final.mean("seed")
     head = title(ds)
     paths = [heatmap(phase, x, y, os.path.join(out, "phase_diagram.png"), f"Phase diagram: {head}", phase=True,
-                     fraction=fraction)]
+                     fraction=fraction, inferred=cell_inferred(ds))]
     for name, what in (("test_acc", "test accuracy"), ("train_acc", "train accuracy (labels trained on)")):
         da = final[name].rename(what)
         paths.append(heatmap(da, x, y, os.path.join(out, f"{name}.png"), f"Final {what}: {head}"))
@@ -174,11 +187,12 @@ def save_figures(ds: xr.Dataset, out: str) -> list[str]:
 
 def phase_table(ds: xr.Dataset) -> str:
     """A text table of the (majority) phase of every cell, one block per panel;
-    ``*`` marks cells where the seeds disagree."""
+    ``*`` marks cells where the seeds disagree, parentheses inferred cells."""
     x, y = plot_axes(ds)
     phase, fraction = cell_phase(ds)
     split = (fraction < 1) if fraction is not None else xr.zeros_like(phase, bool)
-    short = lambda k, s: (phases.SHORT[k] if k >= 0 else "-") + ("*" if s else "")  # noqa: E731
+    split = split.astype(int) + 2 * cell_inferred(ds)  # 1: seeds disagree, 2: inferred
+    short = lambda k, s: (f"({phases.SHORT[k]})" if s == 2 else phases.SHORT[k] + "*" * s) if k >= 0 else "-"  # noqa: E731
     legend = "  ".join(f"{s}={n}" for s, n in zip(phases.SHORT, phases.PHASES))
     if x is None:
         code, agree = int(phase.values), float(fraction) if fraction is not None else 1.0
@@ -192,7 +206,8 @@ def phase_table(ds: xr.Dataset) -> str:
         ys = [_value(v) for v in panel[y].values] if y else [""]
         for yv, row, srow in zip(ys, panel.values, disagree.values):
             lines.append(f"{yv:>12} " + " ".join(f"{short(k, s):>5}" for k, s in zip(row, srow)))
-    lines.append(legend + ("  (* seeds disagree)" if bool(split.any()) else ""))
+    notes = [n for n, k in (("* seeds disagree", 1), ("(X) inferred, not run", 2)) if bool((split == k).any())]
+    lines.append(legend + "".join(f"  {n}" for n in notes))
     return "\n".join(lines)
 
 

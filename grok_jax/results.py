@@ -63,8 +63,8 @@ def _find_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _find_syncfs()
 
 STORE = "results.zarr"  # name of the store inside an output directory
-FORMAT = 5  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups;
-# 4: grokking and unlearning steps; 5: the plan)
+FORMAT = 6  # bumped when the layout changes (2: per-layer weight norms; 3: parameters, neuron groups;
+# 4: grokking and unlearning steps; 5: the plan; 6: scheduled and inferred lanes of a refined sweep)
 PARTIAL = ".{name}.partial-"  # prefix of a store being built, before its rename
 REPLACED = ".{name}.replaced-"  # prefix of a store being replaced (--overwrite), before its removal
 GROWN = ".{name}.before-growth-"  # prefix of a store being grown, until the grown one is in place
@@ -81,7 +81,8 @@ def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, metric_na
           finals: dict[str, tuple[tuple[str, ...], tuple[int, ...]]]) -> xr.Dataset:
     """The flat results of the grid ``axes`` before any lane ran (NaN metrics over
     ``steps`` and final arrays ``name -> (dims, shape)``, ``phase`` -1, ``done``
-    all False), with the config and axes in the attributes."""
+    and ``inferred`` all False, ``scheduled`` all True), with the config and axes in
+    the attributes."""
     n_lanes = int(np.prod([len(v) for v in axes.values()]))
     coords = {"step": ("step", steps)}
     for dims, shape in finals.values():
@@ -94,6 +95,8 @@ def empty(config_json: str, axes: dict[str, tuple], steps: np.ndarray, metric_na
     data.update({name: (("lane", *dims), nan(n_lanes, *shape)) for name, (dims, shape) in finals.items()})
     data["phase"] = ("lane", np.full(n_lanes, -1, np.int8))
     data["done"] = ("lane", np.zeros(n_lanes, bool))
+    data["scheduled"] = ("lane", np.ones(n_lanes, bool))  # to run (a refined sweep schedules round by round)
+    data["inferred"] = ("lane", np.zeros(n_lanes, bool))  # never run; its phase inferred (grok_jax.refine)
     attrs = {
         "config": config_json,
         "axes": json.dumps({k: list(v) for k, v in axes.items()}),
@@ -127,14 +130,10 @@ def new_results(config_json: str, plan: Any) -> xr.Dataset:
         specs = {name: (spec.dims, spec.shape) for name, spec in final_specs(model).items()}
         if plan.keep_state:
             specs[OPT_STATE] = (("opt_value",), (opt_state_size(cfg.static_config(group.config), model),))
-        for name, (d, shape) in specs.items():
-            if dims.setdefault(name, d) != d:
-                raise ConfigError(f"{name} has dims {dims[name]} in one static group and {d} in another")
+        for name, (d, shape) in specs.items():  # the same dims in every group (plan.check_fits)
+            dims[name] = d
             for k, n in zip(d, shape):
                 sizes[k] = max(sizes.get(k, 0), n)
-    clash = sorted(set(sizes) & set(plan.axes))
-    if clash:
-        raise ConfigError(f"the model's dim {clash[0]!r} has the name of a swept axis")
     finals = {name: (d, tuple(sizes[k] for k in d)) for name, d in dims.items()}
     finals.update({name: ((), ()) for name in phases.SUMMARY})  # see grok_jax.phases.summarize
     flat = empty(config_json, plan.axes, steps, tuple(names), finals)
@@ -343,12 +342,12 @@ def write(path: str, lanes: np.ndarray, log: dict[str, np.ndarray], final: dict[
     order = np.argsort(lanes, kind="stable")
     lanes = lanes[order]
     try:
-        group = zarr.open_group(path, mode="r+")
+        arrays = _Arrays.of(path)
         for name, values in {**log, **final, "phase": phase.astype(np.int8)}.items():
             values = values[order]
-            group[name].oindex[_region(lanes, values)] = values
+            arrays[name].oindex[_region(lanes, values)] = values
         _flush(path)
-        _mark_done(group, lanes)
+        _mark_done(arrays, lanes)
     except OSError as e:
         raise StoreWriteError(f"cannot write results to {path}: {_reason(e)}; the lanes committed before "
                               "are kept: run the same command again to resume") from e
@@ -378,8 +377,56 @@ def _flush(path: str) -> None:
         os.close(fd)
 
 
-def _mark_done(group: zarr.Group, lanes: np.ndarray) -> None:
-    group["done"].oindex[_selection(lanes)] = True
+def _mark_done(arrays: Any, lanes: np.ndarray) -> None:
+    arrays["done"].oindex[_selection(lanes)] = True
+
+
+class _Arrays(dict):
+    """The arrays of one store, each opened once (its metadata read from disk once,
+    not at every commit), while the store at that path is the same: the same
+    metadata file, unchanged (a store replaced or grown has a new one)."""
+
+    _last: tuple | None = None  # ((path, inode), _Arrays) of the store written last
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.group = zarr.open_group(path, mode="r+")
+
+    def __missing__(self, name: str) -> zarr.Array:
+        self[name] = self.group[name]
+        return self[name]
+
+    @classmethod
+    def of(cls, path: str) -> "_Arrays":
+        meta = os.stat(os.path.join(path, "zarr.json"))
+        key = (os.path.abspath(path), meta.st_ino, meta.st_mtime_ns)
+        if cls._last is None or cls._last[0] != key:
+            cls._last = (key, cls(path))
+        return cls._last[1]
+
+
+def schedule(path: str, lanes: np.ndarray) -> None:
+    """Marks ``lanes`` (grid indices) ``scheduled``: a refined sweep's next round,
+    stored before it runs so that a resumed sweep runs the same lanes."""
+    try:
+        zarr.open_group(path, mode="r+")["scheduled"].oindex[_selection(np.sort(lanes))] = True
+        _flush(path)
+    except OSError as e:
+        raise StoreWriteError(f"cannot write {path}: {_reason(e)}") from e
+
+
+def record_inferred(path: str, inferred: np.ndarray, phase: np.ndarray, done: np.ndarray) -> None:
+    """Writes which lanes are ``inferred`` and, for the lanes not ``done``, their
+    phase (the inferred phase, else -1)."""
+    try:
+        group = zarr.open_group(path, mode="r+")
+        group["inferred"][:] = inferred & ~done
+        todo = np.flatnonzero(~done)
+        if len(todo):
+            group["phase"].oindex[_selection(todo)] = np.where(inferred, phase, -1)[todo].astype(np.int8)
+        _flush(path)
+    except OSError as e:
+        raise StoreWriteError(f"cannot write {path}: {_reason(e)}") from e
 
 
 def _reason(error: OSError) -> str:
@@ -400,7 +447,8 @@ def load_results(path: str | os.PathLike, parameters: bool = True) -> xr.Dataset
     ``path`` is an output directory or the ``.zarr`` store inside it. Variables:
     the metrics of :func:`grok_jax.metrics.metric_names` over ``step``, the final
     per-neuron IPR and parameters (see the module doc), ``phase`` (codes into
-    ``attrs["phases"]``; -1 for lanes not yet run) and ``done``. With a ``seed`` axis, ``phase_majority``
+    ``attrs["phases"]``; -1 for lanes not yet run), ``done`` (= ``ran``) and, of a
+    refined sweep, ``inferred`` (lanes never run whose phase was inferred). With a ``seed`` axis, ``phase_majority``
     and ``phase_fraction`` give each cell's most common phase over seeds and the
     fraction of seeds in it. ``attrs["config"]`` is the full config as JSON.
     ``parameters=False`` leaves out the final parameters and model state (the
@@ -428,7 +476,9 @@ def to_grid(flat: xr.Dataset) -> xr.Dataset:
     coords = {name: (name, list(values)) for name, values in axes.items()}
     coords.update({name: flat[name] for name in flat.dims if name != "lane"})
     ds = xr.Dataset(data, coords, flat.attrs)
-    ds["ran"] = ds["done"]  # cells of a partial grid never run are NaN, phase -1
+    ds["ran"] = ds["done"]  # cells of a partial grid never run are NaN, phase -1 unless inferred
+    if "inferred" in ds:  # (a store of an older format has none)
+        ds["inferred"] = ds["inferred"] & ~ds["done"]  # (a lane run after it was inferred)
     if "seed" in axes:
         top, frac = phases.majority(ds["phase"].values, axis=list(axes).index("seed"))
         dims = tuple(a for a in axes if a != "seed")

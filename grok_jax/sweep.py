@@ -14,13 +14,14 @@ import jax
 import ml_collections
 
 from grok_jax import config as cfg
-from grok_jax import results
+from grok_jax import refine, results
 from grok_jax.cli import Hosts, check_hosts, start
 from grok_jax.cli import fail as _fail
 from grok_jax.errors import PREEMPTED_STATUS, ConfigError, PeerFailed, Preempted, StoreDamaged, StoreWriteError
 from grok_jax.execution import Options, check_checkpointing, run_sweep, sweep
 from grok_jax.plan import check_fits, check_resources
 from grok_jax.programs import default_cache_dir
+from grok_jax.refine import Refinement
 from grok_jax.runner import CHECKPOINT_MINUTES
 
 __all__ = ["main", "run_sweep"]
@@ -61,6 +62,15 @@ def main(argv: list[str] | None = None) -> None:
                                    "--nokeep_state saves that space", flag_values=fv)
     repair = flags.DEFINE_bool("repair", False, "recompute the lanes of the store's damaged chunks (named by the "
                                "error that a damaged store gives) and resume", flag_values=fv)
+    levels = flags.DEFINE_integer("refine", 0, "adaptive refinement: run every 2^L-th value of each traced axis "
+                                  "(ξ, wd, α, ...) first, then, round by round, only the cells between neighbours "
+                                  "whose phases or accuracies differ; the others are inferred (docs/method.md). "
+                                  "0: every cell (on a refined store: the cells not run yet)", flag_values=fv)
+    extra_seeds = flags.DEFINE_integer("refine_seeds", 0, "add up to this many seeds, one per round, to the cells "
+                                       "whose seeds disagree (the seed axis grows by as many values)", flag_values=fv)
+    jump = flags.DEFINE_float("refine_accuracy", Refinement().accuracy, "with --refine: also refine where a final "
+                              "train, test or corrupted accuracy changes by more than this between neighbouring "
+                              "cells (catches regions smaller than the coarse spacing)", flag_values=fv)
     accelerator = flags.DEFINE_bool("accelerator_layout", False, "follow the GPU/TPU layout rules (no row "
                                     "blocks, lanes batched per device, no readout padding) on any platform, "
                                     "e.g. to test that path on a CPU", flag_values=fv)
@@ -72,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     distributed = flags.DEFINE_bool("distributed", False, "multi-host with the cluster's own settings, as "
                                     "jax.distributed.initialize() detects them (TPU VMs, SLURM, Open MPI)",
                                     flag_values=fv)
+    report = flags.DEFINE_bool("report", True, "write report.html beside the figures: the interactive report "
+                               "of the store (docs/report.md); --noreport skips it", flag_values=fv)
     show_help = flags.DEFINE_bool("help", False, "show this help", short_name="h", flag_values=fv)
     try:
         fv(argv, known_only=True)  # --grid and --scale pick the config file
@@ -109,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         check_fits(config.value, memory.value)
         check_checkpointing(config.value, every.value, minutes.value)
         check_hosts(hosts)
+        rule = Refinement(levels.value, extra_seeds.value, jump.value)
+        refine.check(rule, config.value, 2 if hosts.auto or (hosts.count or 1) > 1 else 1, target)
     except ConfigError as e:
         _fail(e)
     if changed:
@@ -117,9 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     start(cache.value, cache.present, hosts)
     store = results.store_path(target)
     options = Options(memory.value, per_device.value or None, every.value, minutes.value, overwrite.value,
-                      repair.value, accelerator.value, keep_state.value, parameters=False)  # the figures need no parameters
+                      repair.value, accelerator.value, keep_state.value, rule,
+                      parameters=False)  # the figures need no parameters
     try:
-        ds = sweep(config.value, target, options)
+        ds = sweep(refine.with_extra_seeds(config.value, rule), target, options)
         if jax.process_index():  # process 0 shows and draws the results
             return
         from grok_jax import plotting  # matplotlib: imported only to draw (a second less to start)
@@ -130,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"plot: {fallback}")
         for path in plotting.save_figures(ds, target):
             print(f"wrote {path}")
+        if report.value:
+            from grok_jax.report import write_report
+
+            print(f"wrote {write_report(ds, target)}")
     except ConfigError as e:
         _fail(e)
     except (StoreWriteError, StoreDamaged, PeerFailed) as e:

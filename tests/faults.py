@@ -11,6 +11,7 @@ FAULT is one of:
   enospc             the N-th chunk commit fails with "No space left on device" after its
                      first two variable writes (raised by the zarr store, as a full disk would)
   checkpoint_enospc  the N-th in-flight checkpoint fails with "No space left on device"
+  kill_before_schedule  SIGKILL before a refined sweep stores its N-th round (between rounds)
   kill_compiling     SIGKILL while the N-th program compiles
   kill_after_checkpoint  SIGKILL right after the N-th in-flight checkpoint is saved (mid-chunk)
   term_compiling     SIGTERM while the N-th program compiles
@@ -151,6 +152,8 @@ def main() -> None:
         results._mark_done = _on_call(results._mark_done, n, after=_kill)
     elif fault == "interrupt":
         results._mark_done = _on_call(results._mark_done, n, before=_interrupt)
+    elif fault == "kill_before_schedule":
+        results.schedule = _on_call(results.schedule, n, before=_kill)
     elif fault == "kill_compiling":
         _compiling(n, _kill)
     elif fault == "term_compiling":

@@ -11,6 +11,7 @@ import pytest
 
 import grok_jax
 from grok_jax import sweep
+from grok_jax.layouts import usable_cores
 from grok_jax.plan import Resources, make_plan
 
 
@@ -154,6 +155,12 @@ BAD_INPUTS = [  # (arguments, fragment of the one-line message, exit status)
     (["--config.model=transformer", "--config.transformer.heads=5"], "transformer.heads=5 does not divide", 2),
     (["--config.loss=hinge"], "loss='hinge' is not valid", 2),
     (["--config.batchnorm=maybe"], "--config.batchnorm=maybe", 2),
+    (["--refine=-1"], "--refine=-1 must be an integer from 0 to 16", 2),
+    (["--refine=2"], "--refine=2: no swept axis to refine", 2),
+    (["--refine_seeds=2", "--config.sweep.seed=(0,)"], "sweep at least 2 seeds", 2),
+    (["--refine=1", "--config.sweep.xi=(0.0,0.1,0.2)", "--refine_accuracy=0"], "--refine_accuracy=0.0 must be", 2),
+    (["--refine=1", "--config.sweep.xi=(0.0,0.1,0.2)", "--num_processes=2", "--process_id=0",
+      "--coordinator_address=localhost:1"], "--refine and --refine_seeds run in one process", 2),
 ]
 
 
@@ -185,6 +192,14 @@ def test_bad_input_in_a_process_has_no_traceback(tmp_path):
     proc = _run("--grid=tiny", "--config.b1=1.0", f"--out={tmp_path / 'out'}")
     assert proc.returncode == 2 and proc.stderr == "error: b1=1.0 is outside [0, 1)\n" and proc.stdout == ""
     assert not (tmp_path / "out").exists()
+
+
+def test_the_command_line_takes_a_device_per_core(tmp_path):
+    """Its checks run nothing of JAX before it splits the host into one CPU device
+    per usable core (a check that did would leave one device)."""
+    proc = _run("--grid=tiny", f"--out={tmp_path / 'out'}", "--config.steps=20", "--noreport")
+    assert proc.returncode == 0, proc.stderr
+    assert f"lanes on {usable_cores()} cpu device(s)" in proc.stdout, proc.stdout
 
 
 def test_sharded_over_four_devices_matches_one(tmp_path):

@@ -23,6 +23,7 @@ from grok_jax.config import base_config, check_config, static_config
 from grok_jax.data import make_dataset, training_rows
 from grok_jax.errors import ConfigError
 from grok_jax.metrics import ipr
+from grok_jax.plan import check_fits
 from grok_jax.models import (MODELS, Inputs, ModelSpec, final_specs, flat_variables, get_model, register,
                              unregister)
 from grok_jax.models.mlp2 import dropout_noise
@@ -250,6 +251,25 @@ def test_a_registered_models_options_are_checked(linear, fields, sweep, message)
     config.sweep.update(sweep)
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_config(config)
+
+
+class _Clashing(Linear):
+    """The toy model with a dim named like its own sweep axis."""
+
+    param_dims = property(lambda self: {"params.U": ("operand", "gain"), "params.V": ("operand", "hidden"),
+                                        "params.W": ("hidden", "logit")})
+
+
+def test_a_model_dim_named_like_a_swept_axis_is_refused_at_the_entry(linear):
+    unregister("linear")
+    register("linear", LINEAR._replace(factory=lambda config, readout_columns=None: _Clashing(
+        config.p, config.width, config.linear.gain)))  # (the fixture unregisters it)
+    config = base_config(model="linear")
+    config.update(dict(p=11, width=8, steps=20, log_every=10))
+    config.sweep = ml_collections.ConfigDict(dict(gain=(0.5, 2.0)))
+    check_config(config)
+    with pytest.raises(ConfigError, match="the model's dim 'gain' of params.U has the name of a swept axis"):
+        check_fits(config, 4.0)
 
 
 def test_a_registered_model_leaves_no_trace():

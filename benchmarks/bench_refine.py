@@ -1,0 +1,129 @@
+"""Adaptive refinement (``--refine``) against the full grid, on dense grids.
+
+    python benchmarks/bench_refine.py              # about 15 minutes on a 2-core CPU
+    python benchmarks/bench_refine.py --levels=3 --grids=wd_xi
+
+For each grid: the full grid's run and the refined run, each into a store of its
+own (the compilation cache off, so both compile), and per grid the fraction of
+lanes run, the wall-time ratio (refined / full) and the share of cells whose
+majority phase equals the full grid's. Target of the method: at least 97% of
+cells equal at no more than 40% of the lanes.
+
+Then each full grid's stored results are replayed through the refinement's rounds
+at other settings (:func:`replay`: no training, the full run's numbers in place of
+each round's runs): the lanes each setting would run and the cells it gets right.
+``--replay=DIR`` replays the full stores under ``DIR/<grid>/full`` of an earlier
+``--work=DIR`` run without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+import grok_jax
+from grok_jax import phases, programs, refine, results
+from grok_jax.config import load_config
+from grok_jax.execution import run_sweep
+from grok_jax.plotting import cell_phase
+from grok_jax.refine import Refinement
+
+QUIET = dict(progress=False, log=lambda s: None, parameters=False)
+
+
+def _dense(name: str):
+    """A grid of at least 15 values on each plotted axis, at the small scale
+    (p 41, N 128, 1000 steps)."""
+    c = load_config("wd_xi" if name.startswith("wd_xi") else "alpha_xi")
+    xi = tuple(round(0.05 * i, 2) for i in range(15))  # 0 ... 0.7
+    if name.startswith("wd_xi"):
+        c.sweep = {"wd": tuple(float(w) for w in np.round(np.linspace(0, 21, 15), 1)), "xi": xi}
+    else:
+        c.sweep = {"alpha": tuple(round(0.2 + 0.05 * i, 2) for i in range(15)), "xi": xi}
+        c.wd = 5.0
+    if name.endswith("seeds"):
+        c.sweep.seed = (0, 1, 2)
+    c.plot.x, c.plot.y = "xi", "wd" if name.startswith("wd_xi") else "alpha"
+    return c
+
+
+GRIDS = ("wd_xi", "alpha_xi", "wd_xi_3seeds")
+
+
+def _timed(config, out: str, rule: Refinement):
+    programs._PROGRAMS.clear()  # each run compiles its own programs
+    start = time.perf_counter()
+    ds = run_sweep(config, out=out, refine=rule, **QUIET)
+    return ds, time.perf_counter() - start
+
+
+def replay(path: str, rule: Refinement) -> tuple[float, float]:
+    """The fraction of lanes refinement by ``rule`` runs on the full store at
+    ``path`` and the fraction of cells whose majority phase it gets right."""
+    ds = results.open_store(results.store_path(path)).load()
+    axes = {k: tuple(v) for k, v in json.loads(ds.attrs["axes"]).items()}
+    full = {k: ds[k][:, -1].values for k in refine.ACCURACIES} | {"phase": ds["phase"].values}
+    done = np.zeros(len(full["phase"]), bool)
+    while True:
+        lanes = {k: np.where(done, v, np.nan) for k, v in full.items()}
+        lanes |= {"phase": np.where(done, full["phase"], -1).astype(np.int8), "done": done, "scheduled": done}
+        step = refine.next_round(axes, lanes, rule)
+        if not step.run.any():
+            break
+        done = done | step.run
+    shape = tuple(len(v) for v in axes.values())
+    seed = list(axes).index("seed") if "seed" in axes else None
+    got = np.where(done, full["phase"], step.phase).reshape(shape)
+    want = full["phase"].reshape(shape)
+    if seed is not None:
+        got, want = phases.majority(got, seed)[0], phases.majority(want, seed)[0]
+    return float(done.mean()), float((got == want).mean())
+
+
+def _replays(root: str, names: list[str]) -> None:
+    print("\nreplayed: lanes run / cells equal")
+    settings = [(levels, accuracy) for levels in (1, 2, 3) for accuracy in (0.1, 0.2, 0.3, 1.0)]
+    print("| grid | " + " | ".join(f"L={lv}, acc {a:g}" for lv, a in settings) + " |")
+    print("|---|" + "---|" * len(settings))
+    for name in names:
+        cells = [replay(os.path.join(root, name, "full"), Refinement(lv, accuracy=a)) for lv, a in settings]
+        print(f"| {name} | " + " | ".join(f"{f:.0%} / {e:.0%}" for f, e in cells) + " |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", default=",".join(GRIDS), help=f"comma-separated, of {', '.join(GRIDS)}")
+    parser.add_argument("--levels", type=int, default=2, help="--refine: coarse spacing 2**levels")
+    parser.add_argument("--accuracy", type=float, default=Refinement().accuracy, help="--refine_accuracy")
+    parser.add_argument("--replay", default=None, help="only replay the full stores of an earlier --work=DIR")
+    parser.add_argument("--work", default=None, help="directory of the stores (default: a temporary one); "
+                        "it must not hold them yet")
+    args = parser.parse_args()
+    names = args.grids.split(",")
+    if args.replay:
+        return _replays(args.replay, names)
+    grok_jax.use_cpu_cores()
+    print(f"refine={args.levels}, refine_accuracy={args.accuracy}")
+    print("| grid | cells | lanes run | wall time (refined / full) | cells equal | cells differing | full run |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory() if args.work is None else contextlib.nullcontext(args.work) as tmp:
+        for name in names:
+            config = _dense(name)
+            full, t_full = _timed(config, os.path.join(tmp, name, "full"), Refinement())
+            refined, t_ref = _timed(config, os.path.join(tmp, name, "refined"),
+                                    Refinement(args.levels, accuracy=args.accuracy))
+            a, b = cell_phase(full)[0].values, cell_phase(refined)[0].values
+            shape = "×".join(str(v) for v in a.shape)
+            print(f"| {name} | {shape} | {float(refined.ran.mean()):.0%} | {t_ref / t_full:.2f} | "
+                  f"{float((a == b).mean()):.1%} | {int((a != b).sum())} | {t_full:.0f} s |", flush=True)
+        _replays(tmp, names)
+
+
+if __name__ == "__main__":
+    main()
