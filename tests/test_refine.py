@@ -82,6 +82,24 @@ def test_an_island_of_one_cell_is_caught_by_the_accuracy_criterion():
     assert not ran[6, 6] and out.inferred[6, 6] and out.phase[6, 6] == 0  # missed
 
 
+def test_a_cell_whose_seeds_disagree_is_refined_around():
+    """One phase everywhere, but at the lattice cell 8 of 17 the seeds disagree: the
+    boxes on both sides of it are halved down to spacing 1, as at a boundary."""
+    phase = np.zeros(17, int)
+    certain = np.ones(17, bool)
+    certain[8] = False
+    ran = np.zeros(17, bool)
+    for _ in range(10):
+        accuracy = np.where(ran[:, None], np.full((17, 3), 0.5), np.nan)
+        cells = Cells(ran.copy(), np.where(ran, phase, -1), certain, accuracy)
+        out = refine.refine(cells, (0,), Refinement(levels=2))
+        if not out.missing.any():
+            break
+        ran |= out.missing
+    assert np.flatnonzero(ran).tolist() == [0, 4, 6, 7, 8, 9, 10, 12, 16]
+    assert np.array_equal(out.inferred, ~ran)
+
+
 def test_seeds_are_added_where_they_disagree_until_the_majority_is_clear():
     """3 seeds + 2 extra. Cell 0: A A A, clear: none added. Cell 1: A A B, then
     seed 3 is A: 3 to 1, clear. Cell 2: A B B, then B: 3 to 1. Cell 3: A B A, then
@@ -175,6 +193,23 @@ def test_a_refined_tiny_grid_against_the_full_one(full, tmp_path, monkeypatch):
     assert not results.open_store(results.store_path(tmp_path / "refined"))["inferred"].values.any()
     for name in ("train_loss", "test_acc", "phase"):
         np.testing.assert_array_equal(filled[name].values, full[name].values, err_msg=name)
+
+
+def test_a_refined_store_grows_and_is_refined_again(tmp_path):
+    """A refined store grown by a ξ value and refined again: its lanes run are kept
+    bit for bit and not run again, and every cell, run or inferred, has the phase
+    of a full run of the grown grid."""
+    out = str(tmp_path / "r")
+    first = run_sweep(_grid(), out=out, refine=Refinement(levels=1), **QUIET)
+    grown = _grid()
+    grown.sweep.xi = (*grown.sweep.xi, 0.5)
+    refined = run_sweep(grown, out=out, refine=Refinement(levels=1), **QUIET)
+    kept = refined.sel(xi=list(first.xi.values))
+    ran = first.ran.values
+    np.testing.assert_array_equal(kept.train_loss.values[ran], first.train_loss.values[ran])
+    full = run_sweep(grown, out=str(tmp_path / "full"), **QUIET)
+    np.testing.assert_array_equal(refined.phase.values, full.phase.values)
+    assert refined.inferred.any() and (refined.ran ^ refined.inferred).all()
 
 
 def test_rounds_compile_nothing_new_and_seeds_are_added_where_they_disagree(full, tmp_path, monkeypatch):
