@@ -33,8 +33,9 @@ def claims(scale: str) -> tuple[Claim, ...]:
     preset's values); tiny (60 steps) groks nothing: not expected there."""
     low, mid, high = pick(scale, (0.0, 5.0, 10.0), (2.0, 6.0, 10.0), (0.0, 5.0, 15.0))
     xi = noisy_run(scale).xi
+    where = "the paper's values" if scale == "paper" else "where the smaller network's three phases sit"
     rule = ("the phase rule of App. C, Table 2 (accuracy ≥ 90% is high; Inversion: train < 90%, "
-            "Partial if ≥ 100(1.05 − ξ)%); quick scale at the preset's ξ 0.2 and wd 2, 6, 10")
+            f"Partial if ≥ 100(1.05 − ξ)%), at ξ {xi:g} and wd {low:g}, {mid:g}, {high:g} ({where})")
 
     def two_stage(summary: dict) -> tuple[bool, str]:
         run = lane(summary, wd=high)
