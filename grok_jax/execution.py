@@ -195,12 +195,12 @@ class _Rounds:
     def finish(self) -> None:
         """Records the inferred lanes (none without refinement) and, after a
         refinement, says what it saved against the full grid (its own seeds)."""
-        lanes = self._lanes() if self.rule.active else None
-        if lanes is None:
-            if results.open_store(self.path)["inferred"].values.any():  # a refined store, filled in
-                n = self.plan.n_lanes
-                results.record_inferred(self.path, np.zeros(n, bool), np.full(n, -1), np.ones(n, bool))
+        if not self.rule.active:  # every lane ran: a refined store filled in infers none
+            if results.open_store(self.path)["inferred"].values.any():
+                none = np.zeros(self.plan.n_lanes, bool)
+                results.record_inferred(self.path, none, np.full(len(none), -1), ~none)
             return
+        lanes = self._lanes()
         step = refine.next_round(self.plan.axes, lanes, self.rule)
         results.record_inferred(self.path, step.inferred, step.phase, lanes["done"])
         work, ran = _lane_flops(self.plan) * self.base, lanes["done"] & self.base

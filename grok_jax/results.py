@@ -386,7 +386,7 @@ class _Arrays(dict):
     not at every commit), while the store at that path is the same: the same
     metadata file, unchanged (a store replaced or grown has a new one)."""
 
-    _last: tuple | None = None  # ((path, inode), _Arrays) of the store written last
+    _last: tuple | None = None  # ((path, inode, mtime of zarr.json), _Arrays) of the store written last
 
     def __init__(self, path: str):
         super().__init__()
