@@ -2,6 +2,7 @@
 
     python benchmarks/bench_refine.py              # about 15 minutes on a 2-core CPU
     python benchmarks/bench_refine.py --levels=3 --grids=wd_xi
+    python benchmarks/bench_refine.py --side=29     # denser grids (about an hour)
 
 For each grid: the full grid's run and the refined run, each into a store of its
 own (the compilation cache off, so both compile), and per grid the fraction of
@@ -37,15 +38,15 @@ from grok_jax.refine import Refinement
 QUIET = dict(progress=False, log=lambda s: None, parameters=False)
 
 
-def _dense(name: str):
-    """A grid of at least 15 values on each plotted axis, at the small scale
-    (p 41, N 128, 1000 steps)."""
+def _dense(name: str, side: int):
+    """A grid of ``side`` values on each plotted axis (ξ 0 to 0.7; wd 0 to 21 or α
+    0.2 to 0.9), at the small scale (p 41, N 128, 1000 steps)."""
     c = load_config("wd_xi" if name.startswith("wd_xi") else "alpha_xi")
-    xi = tuple(round(0.05 * i, 2) for i in range(15))  # 0 ... 0.7
+    values = lambda lo, hi: tuple(float(v) for v in np.round(np.linspace(lo, hi, side), 4))  # noqa: E731
     if name.startswith("wd_xi"):
-        c.sweep = {"wd": tuple(float(w) for w in np.round(np.linspace(0, 21, 15), 1)), "xi": xi}
+        c.sweep = {"wd": values(0, 21), "xi": values(0, 0.7)}
     else:
-        c.sweep = {"alpha": tuple(round(0.2 + 0.05 * i, 2) for i in range(15)), "xi": xi}
+        c.sweep = {"alpha": values(0.2, 0.9), "xi": values(0, 0.7)}
         c.wd = 5.0
     if name.endswith("seeds"):
         c.sweep.seed = (0, 1, 2)
@@ -99,6 +100,7 @@ def _replays(root: str, names: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grids", default=",".join(GRIDS), help=f"comma-separated, of {', '.join(GRIDS)}")
+    parser.add_argument("--side", type=int, default=15, help="values on each plotted axis")
     parser.add_argument("--levels", type=int, default=2, help="--refine: coarse spacing 2**levels")
     parser.add_argument("--accuracy", type=float, default=Refinement().accuracy, help="--refine_accuracy")
     parser.add_argument("--replay", default=None, help="only replay the full stores of an earlier --work=DIR")
@@ -114,7 +116,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() if args.work is None else contextlib.nullcontext(args.work) as tmp:
         for name in names:
-            config = _dense(name)
+            config = _dense(name, args.side)
             full, t_full = _timed(config, os.path.join(tmp, name, "full"), Refinement())
             refined, t_ref = _timed(config, os.path.join(tmp, name, "refined"),
                                     Refinement(args.levels, accuracy=args.accuracy))

@@ -168,8 +168,11 @@ def test_paper_presets_use_the_papers_settings():
     fig6 = figures.load_figure("fig6", "paper").runs.coexistence
     assert (fig6.wd, fig6.xi, fig6.alpha) == (0.0, 0.35, 0.5)
     fig7 = figures.load_figure("fig7_transformer", "paper").runs.transformer
-    assert (fig7.model, fig7.p, fig7.width, fig7.transformer.heads, fig7.lr, fig7.steps, fig7.loss,
-            tuple(fig7.sweep.wd)) == ("transformer", 97, 128, 4, 0.001, 3000, "mse", (10.0, 50.0))
+    assert (fig7.model, fig7.p, fig7.width, fig7.transformer.heads, fig7.lr, fig7.steps, fig7.loss) == (
+        "transformer", 97, 128, 4, 0.001, 3000, "mse")
+    # the paper's wd 10 and 50 do not reproduce; the trend shows at 3 and 10 (the preset's docstring)
+    assert (tuple(fig7.sweep.wd), fig7.transformer.parameterization, fig7.transformer.optimizer) == (
+        (3.0, 10.0), "standard", "single")
     mlp3 = figures.load_figure("fig7_mlp3", "paper").runs.mlp3
     assert (mlp3.model, mlp3.width, mlp3.steps) == ("mlp3", 500, 5000)
 

@@ -112,14 +112,21 @@ def agreement(summary: dict, run: str, field: str, a: Any, b: Any) -> tuple[floa
 INVERSION = ("Partial Inversion", "Full Inversion")  # the Inversion phases
 
 
-def more_coexistence(label: str, field: str, low: Any, high: Any, run: str | None = None) -> Claim:
+GENERALIZING = ("Coexistence",) + INVERSION  # the phases whose test accuracy is high
+
+
+def more_cells(label: str, field: str, low: Any, high: Any, names: tuple[str, ...] = ("Coexistence",),
+               run: str | None = None) -> Claim:
     """The claim that ``field`` = ``high`` (e.g. a larger weight decay) gives more
-    Coexistence cells than ``low``, with its label (e.g. "Fig. 7b: the 3-layer MLP")."""
+    cells in the phases ``names`` than ``low``, with its label (e.g. "Fig. 7b: the
+    3-layer MLP")."""
+    what = "Coexistence or Inversion" if names == GENERALIZING else " or ".join(names)
+
     def check(summary: dict) -> tuple[bool, str]:
-        a, b = (count(summary, ("Coexistence",), run, **{field: v}) for v in (low, high))
-        return b > a, f"{a} Coexistence cells at {field} {low:g}, {b} at {high:g}"
-    return Claim(f"{label} shows the weight-decay trend: more Coexistence at {field} {high:g} than {low:g}", check,
-                 why="strictly more Coexistence cells on the same α × ξ grid")
+        a, b = (count(summary, names, run, **{field: v}) for v in (low, high))
+        return b > a, f"{a} {what} cells at {field} {low:g}, {b} at {high:g}"
+    return Claim(f"{label} shows the weight-decay trend: more {what} at {field} {high:g} than {low:g}", check,
+                 why=f"strictly more {what} cells on the same α × ξ grid")
 
 
 def figure_config(description: str, renderer: str, **runs: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
