@@ -64,6 +64,19 @@ def _timed(config, out: str, rule: Refinement):
     return ds, time.perf_counter() - start
 
 
+def _full(config, out: str):
+    """The full grid's run, or the one an earlier run left in ``out`` (complete,
+    with its wall time in ``out/seconds.json``): the refined runs can be remeasured."""
+    record = os.path.join(out, "seconds.json")
+    if os.path.exists(record):
+        with open(record) as f:
+            return grok_jax.load_results(out), json.load(f)["seconds"]
+    ds, seconds = _timed(config, out, Refinement())
+    with open(record, "w") as f:
+        json.dump({"seconds": seconds}, f)
+    return ds, seconds
+
+
 def replay(path: str, rule: Refinement) -> tuple[float, float]:
     """The fraction of lanes refinement by ``rule`` runs on the full store at
     ``path`` and the fraction of cells whose majority phase it gets right."""
@@ -105,7 +118,7 @@ def main() -> None:
     parser.add_argument("--accuracy", type=float, default=Refinement().accuracy, help="--refine_accuracy")
     parser.add_argument("--replay", default=None, help="only replay the full stores of an earlier --work=DIR")
     parser.add_argument("--work", default=None, help="directory of the stores (default: a temporary one); "
-                        "it must not hold them yet")
+                        "complete full grids left there by an earlier run are reused, refined ones must not be there")
     args = parser.parse_args()
     names = args.grids.split(",")
     if args.replay:
@@ -117,9 +130,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() if args.work is None else contextlib.nullcontext(args.work) as tmp:
         for name in names:
             config = _dense(name, args.side)
-            full, t_full = _timed(config, os.path.join(tmp, name, "full"), Refinement())
-            refined, t_ref = _timed(config, os.path.join(tmp, name, "refined"),
-                                    Refinement(args.levels, accuracy=args.accuracy))
+            full, t_full = _full(config, os.path.join(tmp, name, "full"))
+            rule = Refinement(args.levels, accuracy=args.accuracy)
+            refined, t_ref = _timed(config, os.path.join(tmp, name, f"refined_L{rule.levels}_a{rule.accuracy:g}"), rule)
             a, b = cell_phase(full)[0].values, cell_phase(refined)[0].values
             shape = "×".join(str(v) for v in a.shape)
             print(f"| {name} | {shape} | {float(refined.ran.mean()):.0%} | {t_ref / t_full:.2f} | "

@@ -19,15 +19,18 @@ neighbouring lattice values) are then refined, one halving per round:
   agreeing seeds and accuracies within ``accuracy`` of the corners' range.
 - A box that is not uniform is halved along every axis along which corners differ
   (along all its axes when only a cell inside it disagrees), and the corners of
-  the halves that were not run are the next round's cells. Halving stops at
-  spacing 1: a box whose corners differ along an axis where they are neighbours
-  already is taken face by face (each face a box of one dimension less).
+  the halves that were not run are the next round's cells, except the midpoint of
+  an edge whose two ends agree: it is *guessed* (their phase and mean accuracies)
+  and runs only if a half it is a corner of is not uniform with the guess. Halving
+  stops at spacing 1: a box whose corners differ along an axis where they are
+  neighbours already is taken face by face (each face a box of one dimension less).
 - A cell never run inside a uniform box is *inferred*: it takes the box's phase.
 
 Where the method can miss: a region of another phase that lies strictly inside a
 coarse box and changes none of the corners' accuracies by more than ``accuracy`` (an
 island narrower than the coarse spacing, whose effect fades before the nearest
-lattice cells) is inferred away. A larger ``accuracy`` misses more; ``levels``
+lattice cells) is inferred away; so is one that touches a guessed edge's midpoint
+only, between two ends that agree, in a half whose run corners agree too. A larger ``accuracy`` misses more; ``levels``
 bounds the size of what can hide (at most ``2**levels − 1`` cells along an axis).
 
 Every decision is a function of the runs stored: a resumed sweep makes the same
@@ -111,25 +114,33 @@ def refine(cells: Cells, refined: tuple[int, ...], rule: Refinement) -> Outcome:
 
 
 def _walk(cells: Cells, out: Outcome, rule: Refinement, index: dict, refined: tuple[int, ...],
-          box: tuple[tuple[int, int], ...]) -> None:
+          box: tuple[tuple[int, int], ...], guessed: dict | None = None) -> None:
     """One box ``((lo, size), ...)`` along the refined dims (``index``: the other
-    dims' fixed values): its missing corners, its inferred cells, or its halves."""
+    dims' fixed values): its missing corners, its inferred cells, or its halves.
+    ``guessed``: corners not run that take the phase and mean accuracies of the
+    two ends of the parent's edge they halve (those ends agree)."""
+    guessed = guessed or {}
     ndim = cells.ran.ndim
     spans = [(lo, min(lo + size, cells.ran.shape[d] - 1)) for (lo, size), d in zip(box, refined)]
     at = functools.partial(_cell, index, refined, ndim)
     corners = [at(p) for p in itertools.product(*({lo, hi} for lo, hi in spans))]
-    absent = [c for c in corners if not cells.ran[c]]
+    absent = [c for c in corners if not cells.ran[c] and c not in guessed]
     for c in absent:
         out.missing[c] = True
     if absent:
         return
-    differ = [k for k, (lo, hi) in enumerate(spans) if hi > lo and _differs_along(cells, rule, at, spans, k)]
+    view = _with_guesses(cells, {c: guessed[c] for c in corners if c in guessed})
+    differ = [k for k, (lo, hi) in enumerate(spans) if hi > lo and _differs_along(view, rule, at, spans, k)]
     region = tuple(index[d] if d in index else slice(spans[refined.index(d)][0], spans[refined.index(d)][1] + 1)
                    for d in range(ndim))
-    if not differ and _inside_agrees(cells, rule, corners, region):
+    if not differ and _inside_agrees(view, rule, corners, region):
         unrun = ~cells.ran[region]
         out.inferred[region] |= unrun
-        out.phase[region] = np.where(unrun, cells.phase[corners[0]], out.phase[region])
+        out.phase[region] = np.where(unrun, view.phase[corners[0]], out.phase[region])
+        return
+    if view is not cells:  # a guess in a box that is not uniform: run it before halving the box
+        for c in corners:
+            out.missing[c] |= c in guessed
         return
     splittable = [k for k, (lo, hi) in enumerate(spans) if hi - lo > 1]
     halve = [k for k in differ if k in splittable] if differ else splittable
@@ -142,9 +153,35 @@ def _walk(cells: Cells, out: Outcome, rule: Refinement, index: dict, refined: tu
             parts.append([(lo, 0), (hi, 0)])
         else:
             parts.append([box[k]])
+    guesses = _guesses(cells, rule, at, spans, {k: parts[k][1][0] for k in halve})
     if halve or faces:  # else every cell of the box is a corner, run
         for child in itertools.product(*parts):
-            _walk(cells, out, rule, index, refined, child)
+            _walk(cells, out, rule, index, refined, child, guesses)
+
+
+def _with_guesses(cells: Cells, guesses: dict) -> Cells:
+    """``cells`` with the guessed cells' phase and accuracies filled in."""
+    if not guesses:
+        return cells
+    phase, certain, accuracy = cells.phase.copy(), cells.certain.copy(), cells.accuracy.copy()
+    for c, (p, acc) in guesses.items():
+        phase[c], certain[c], accuracy[c] = p, True, acc
+    return Cells(cells.ran, phase, certain, accuracy)
+
+
+def _guesses(cells: Cells, rule: Refinement, at, spans: list, middles: dict[int, int]) -> dict:
+    """The midpoints (``middles``: axis -> index) of the box's edges along the
+    halved axes whose two ends agree, each with the ends' phase and mean accuracies."""
+    out = {}
+    for k, middle in middles.items():
+        for point in itertools.product(*({lo, hi} for lo, hi in spans)):
+            if point[k] != spans[k][0]:
+                continue
+            a, b = at(point), at(point[:k] + (spans[k][1],) + point[k + 1:])
+            m = at(point[:k] + (middle,) + point[k + 1:])
+            if not cells.ran[m] and not _differ(cells, rule, a, b):
+                out[m] = (cells.phase[a], (cells.accuracy[a] + cells.accuracy[b]) / 2)
+    return out
 
 
 def _cell(index: dict, refined: tuple[int, ...], ndim: int, point: tuple[int, ...]) -> tuple[int, ...]:
