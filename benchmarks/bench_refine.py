@@ -107,7 +107,7 @@ def _replays(root: str, names: list[str]) -> None:
     print("|---|" + "---|" * len(settings))
     for name in names:
         cells = [replay(os.path.join(root, name, "full"), Refinement(lv, accuracy=a)) for lv, a in settings]
-        print(f"| {name} | " + " | ".join(f"{f:.0%} / {e:.0%}" for f, e in cells) + " |", flush=True)
+        print(f"| {name} | " + " | ".join(f"{f:.0%} / {e:.1%}" for f, e in cells) + " |", flush=True)
 
 
 def main() -> None:

@@ -30,8 +30,9 @@ Where the method can miss: a region of another phase that lies strictly inside a
 coarse box and changes none of the corners' accuracies by more than ``accuracy`` (an
 island narrower than the coarse spacing, whose effect fades before the nearest
 lattice cells) is inferred away; so is one that touches a guessed edge's midpoint
-only, between two ends that agree, in a half whose run corners agree too. A larger ``accuracy`` misses more; ``levels``
-bounds the size of what can hide (at most ``2**levels − 1`` cells along an axis).
+only, between two ends that agree, in a half whose run corners agree too. A larger
+``accuracy`` misses more; ``levels`` bounds the size of what can hide (at most
+``2**levels − 1`` cells along an axis).
 
 Every decision is a function of the runs stored: a resumed sweep makes the same
 rounds. The first round is the walk over a grid with no cell run: the lattice's
