@@ -244,7 +244,7 @@ def open_store(path: str) -> xr.Dataset | None:
                           f"({type(e).__name__}: {e}); choose another --out") from e
     if fmt != FORMAT:
         raise ConfigError(f"{path} was written in store format {fmt}, this version reads format {FORMAT}; "
-                          "choose another --out")
+                          "move it aside, or choose another output directory")
     return ds
 
 

@@ -162,6 +162,15 @@ def test_leftovers_are_removed_by_the_run_holding_the_store(tiny, tmp_path):
     assert not (tmp_path / leftovers[0]).exists()
 
 
+def test_a_store_of_another_format_is_refused_and_kept(tiny, tmp_path):
+    run_sweep(tiny, out=str(tmp_path), **QUIET)
+    zarr.open_group(results.store_path(tmp_path), mode="a").attrs["format"] = results.FORMAT - 1
+    with pytest.raises(ConfigError, match=f"store format {results.FORMAT - 1}, this version reads format "
+                                          f"{results.FORMAT}; move it aside"):
+        run_sweep(tiny, out=str(tmp_path), **QUIET)
+    assert zarr.open_group(results.store_path(tmp_path), mode="r").attrs["format"] == results.FORMAT - 1
+
+
 def test_a_half_made_store_is_refused_in_one_line(tiny, tmp_path):
     os.makedirs(results.store_path(tmp_path))
     zarr.open_group(results.store_path(tmp_path), mode="a").attrs["format"] = results.FORMAT
