@@ -77,10 +77,15 @@ def _full(config, out: str):
     return ds, seconds
 
 
-def replay(path: str, rule: Refinement) -> tuple[float, float]:
-    """The fraction of lanes refinement by ``rule`` runs on the full store at
-    ``path`` and the fraction of cells whose majority phase it gets right."""
-    ds = results.open_store(results.store_path(path)).load()
+def _final(path: str):
+    """What :func:`replay` reads of the full store at ``path`` (no parameters)."""
+    ds = results.open_store(results.store_path(path))
+    return ds[["phase", *refine.ACCURACIES]].load()
+
+
+def replay(ds, rule: Refinement) -> tuple[float, float]:
+    """The fraction of lanes refinement by ``rule`` runs on a full store (``ds``:
+    :func:`_final`) and the fraction of cells whose majority phase it gets right."""
     axes = {k: tuple(v) for k, v in json.loads(ds.attrs["axes"]).items()}
     full = {k: ds[k][:, -1].values for k in refine.ACCURACIES} | {"phase": ds["phase"].values}
     done = np.zeros(len(full["phase"]), bool)
@@ -106,7 +111,8 @@ def _replays(root: str, names: list[str]) -> None:
     print("| grid | " + " | ".join(f"L={lv}, acc {a:g}" for lv, a in settings) + " |")
     print("|---|" + "---|" * len(settings))
     for name in names:
-        cells = [replay(os.path.join(root, name, "full"), Refinement(lv, accuracy=a)) for lv, a in settings]
+        ds = _final(os.path.join(root, name, "full"))
+        cells = [replay(ds, Refinement(lv, accuracy=a)) for lv, a in settings]
         print(f"| {name} | " + " | ".join(f"{f:.0%} / {e:.1%}" for f, e in cells) + " |", flush=True)
 
 

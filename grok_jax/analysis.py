@@ -10,6 +10,7 @@ Everything here reads a dataset of :func:`grok_jax.load_results` (or the curves 
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -39,20 +40,27 @@ def initial_ipr(ds: xr.Dataset, group: str | None = None) -> xr.DataArray:
     parameters are not stored: they are rebuilt from each lane's seed with the
     model's ``init`` and the run's ``init`` key stream, as training drew them."""
     plan = _plan(ds)
-    models = [get_model(cfg.static_config(g.config)) for g in plan.groups]
-    group = group or next(iter(models[0].groups))
+    statics = [cfg.static_config(g.config) for g in plan.groups]
+    group = group or next(iter(get_model(statics[0]).groups))
     final = ds[f"ipr_{group}"]
     dims = _lane_dims(ds)
     out = np.full((plan.n_lanes, final.shape[-1]), np.nan, np.float32)
-    for g, model in enumerate(models):
+    for g, static in enumerate(statics):
         lanes = np.flatnonzero(plan.lane_group == g)
         seeds, where = np.unique(plan.lanes.seed[lanes], return_inverse=True)
-        ipr = jax.jit(jax.vmap(lambda s: model.neuron_ipr(model.init(stream_key(s, "init"))["params"])[group]))
-        values = np.asarray(ipr(seeds.astype(np.int32)))
+        values = np.asarray(_initial_ipr_program(static, group)(seeds.astype(np.int32)))
         out[lanes, :values.shape[1]] = values[where]
     shape = tuple(ds.sizes[d] for d in dims) + final.shape[-1:]
     return xr.DataArray(out.reshape(shape), {d: ds[d] for d in dims}, dims + [final.dims[-1]],
                         name=f"initial ipr_{group}")
+
+
+@functools.lru_cache(maxsize=16)
+def _initial_ipr_program(static, group: str):
+    """The compiled seeds -> initial per-neuron IPR of one static model config (a
+    figure and its report ask for the same one: compiled once)."""
+    model = get_model(static)
+    return jax.jit(jax.vmap(lambda s: model.neuron_ipr(model.init(stream_key(s, "init"))["params"])[group]))
 
 
 def bn_scale_correlation(ds: xr.Dataset) -> xr.DataArray:

@@ -162,16 +162,17 @@ class _Rounds:
             yield np.ones(self.plan.n_lanes, bool), self.before
             return
         print_plan(self.plan, self.plan.chunks, self.devices, self.before, self.log)  # the full grid
-        if self._lanes()["scheduled"].all():
+        lanes = self._lanes()
+        if lanes["scheduled"].all():
             self.log("refining: every lane of the store is scheduled already (it was not refined): "
                      "--refine changes nothing here")
         pending = None
         for count in itertools.count(1):
-            lanes = self._lanes()
             scheduled = lanes["scheduled"]
             if not (scheduled & ~lanes["done"]).any():
                 step = refine.next_round(self.plan.axes, lanes, self.rule)
                 if not step.run.any():
+                    self.last = lanes, step  # the complete refinement, for finish
                     return
                 results.schedule(self.path, np.flatnonzero(step.run))
                 scheduled = scheduled | step.run
@@ -182,12 +183,13 @@ class _Rounds:
                                       "again, or --repair it")
             pending = scheduled & ~lanes["done"]
             yield scheduled, lanes["done"]
+            lanes = self._lanes()
 
     def _lanes(self) -> dict[str, np.ndarray]:
         """What refinement reads of the store: per lane."""
         ds = results.open_store(self.path)
         with results.readable(self.path):
-            lanes = {k: ds[k].values for k in ("phase", "scheduled", "inferred")}
+            lanes = {k: ds[k].values for k in ("phase", "scheduled")}
             lanes.update({k: ds[k][:, -1].values for k in refine.ACCURACIES})
         lanes["done"] = results.committed(ds)
         return lanes
@@ -200,8 +202,7 @@ class _Rounds:
                 none = np.zeros(self.plan.n_lanes, bool)
                 results.record_inferred(self.path, none, np.full(len(none), -1), ~none)
             return
-        lanes = self._lanes()
-        step = refine.next_round(self.plan.axes, lanes, self.rule)
+        lanes, step = self.last
         results.record_inferred(self.path, step.inferred, step.phase, lanes["done"])
         work, ran = _lane_flops(self.plan) * self.base, lanes["done"] & self.base
         now = ran & ~self.before

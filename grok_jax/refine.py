@@ -175,14 +175,19 @@ def _guesses(cells: Cells, rule: Refinement, at, spans: list, middles: dict[int,
     halved axes whose two ends agree, each with the ends' phase and mean accuracies."""
     out = {}
     for k, middle in middles.items():
-        for point in itertools.product(*({lo, hi} for lo, hi in spans)):
-            if point[k] != spans[k][0]:
-                continue
-            a, b = at(point), at(point[:k] + (spans[k][1],) + point[k + 1:])
+        for a, b, point in _edges(at, spans, k):
             m = at(point[:k] + (middle,) + point[k + 1:])
             if not cells.ran[m] and not _differ(cells, rule, a, b):
                 out[m] = (cells.phase[a], (cells.accuracy[a] + cells.accuracy[b]) / 2)
     return out
+
+
+def _edges(at, spans: list, k: int):
+    """The box's edges along refined axis ``k``: their low and high end cells and
+    the low end's point."""
+    for point in itertools.product(*({lo, hi} for lo, hi in spans)):
+        if point[k] == spans[k][0]:
+            yield at(point), at(point[:k] + (spans[k][1],) + point[k + 1:]), point
 
 
 def _cell(index: dict, refined: tuple[int, ...], ndim: int, point: tuple[int, ...]) -> tuple[int, ...]:
@@ -201,14 +206,7 @@ def _halves(interval: tuple[int, int], hi: int) -> list[tuple[int, int]]:
 
 def _differs_along(cells: Cells, rule: Refinement, at, spans: list, k: int) -> bool:
     """Whether two corners that are neighbours along refined axis ``k`` differ."""
-    for point in itertools.product(*({lo, h} for lo, h in spans)):
-        if point[k] != spans[k][0]:
-            continue
-        a = at(point)
-        b = at(point[:k] + (spans[k][1],) + point[k + 1:])
-        if _differ(cells, rule, a, b):
-            return True
-    return False
+    return any(_differ(cells, rule, a, b) for a, b, _ in _edges(at, spans, k))
 
 
 def _differ(cells: Cells, rule: Refinement, a: tuple, b: tuple) -> bool:

@@ -128,7 +128,8 @@ def payload(ds: xr.Dataset) -> dict:
         "x": x, "y": y,
         "seeds": seeds,
         "steps": ds["step"].values.tolist(),
-        "cells": _cells(phase.transpose(*cells).values.ravel(), fraction, cells, ran, inferred, per_step,
+        "cells": _cells(phase.transpose(*cells).values.ravel(), fraction, cells, ran,
+                        plotting.cell_inferred(ds).transpose(*cells).values.ravel(), per_step,
                         flat("test_acc"), n_seeds),
         "lanes": _lanes(lanes, flat, ran, inferred),
         "curves": {name: _encode(name, flat(name)) for name in _metrics(ds)},
@@ -153,8 +154,9 @@ def step_phases(ds: xr.Dataset, config: dict) -> np.ndarray:
 
 def _cells(phase: np.ndarray, fraction: xr.DataArray | None, dims: list[str], ran: np.ndarray, inferred: np.ndarray,
            per_step: np.ndarray, test_acc: np.ndarray, n_seeds: int) -> dict:
-    """Per cell: final phase, seed agreement, whether it ran or was inferred; at each
-    step the majority phase, the count of seeds in it and the mean test accuracy."""
+    """Per cell: final phase, seed agreement, whether it ran or was inferred (``inferred``:
+    per cell); at each step the majority phase, the count of seeds in it and the mean
+    test accuracy."""
     n_steps = per_step.shape[-1]
     top, share = phases.majority(per_step.reshape(-1, n_seeds, n_steps), axis=1)
     seeds_ran = ran.reshape(-1, n_seeds).sum(1)
@@ -163,12 +165,11 @@ def _cells(phase: np.ndarray, fraction: xr.DataArray | None, dims: list[str], ra
         test = np.nanmean(test_acc.reshape(-1, n_seeds, n_steps), axis=1)
     agree = np.nan_to_num(np.round(share * seeds_ran[:, None]), nan=0).astype(np.uint8)
     frac = fraction.transpose(*dims).values.ravel() if fraction is not None else np.ones(len(phase))
-    was_run = seeds_ran > 0
     return {
         "phase": phase.astype(int).tolist(),
         "fraction": [_number(f) for f in frac],
         "ran": seeds_ran.tolist(),
-        "inferred": (~was_run & inferred.reshape(-1, n_seeds).any(1)).tolist(),
+        "inferred": inferred.tolist(),
         "step_phase": _b64(top.astype(np.int8)),
         "step_agree": _b64(agree) if n_seeds > 1 else None,  # one seed: it agrees with itself
         "step_test": _q4(test),
