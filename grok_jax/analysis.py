@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import Any
 
 import jax
 import numpy as np
@@ -21,6 +22,11 @@ from grok_jax import config as cfg
 from grok_jax import phases, results
 from grok_jax.models import get_model
 from grok_jax.train import stream_key
+
+# What a lane's summary lists: its scalars (NaN where there is none), and the logged
+# metrics at its last step.
+LANE_SCALARS = ("grok_step", "unlearn_step", "peak_test_acc", "peak_train_acc")
+FINAL_METRICS = ("train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc", "ipr", "weight_norm")
 
 
 def _plan(ds: xr.Dataset):
@@ -104,20 +110,26 @@ def lane_summary(ds: xr.Dataset) -> list[dict]:
         sel = dict(zip(dims, index))
         if not bool(ds["done"].isel(sel)):
             continue
-        record = {d: _plain(ds[d].values[i]) for d, i in sel.items()}
+        record = {d: plain(ds[d].values[i]) for d, i in sel.items()}
         code = int(ds["phase"].isel(sel))
         record["phase"] = phases.PHASES[code] if code >= 0 else None
-        for key in ("grok_step", "unlearn_step", "peak_test_acc", "peak_train_acc"):
+        for key in LANE_SCALARS:
             if key in ds:
-                record[key] = _plain(ds[key].isel(sel).values)
-        for key in ("train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc", "ipr", "weight_norm"):
-            record[f"final_{key}"] = _plain(final[key].isel(sel).values)
+                record[key] = plain(ds[key].isel(sel).values)
+        for key in FINAL_METRICS:
+            record[f"final_{key}"] = plain(final[key].isel(sel).values)
         records.append(record)
     return records
 
 
-def _plain(value) -> float | int | str | None:
-    """A JSON value: NaN becomes ``None``, numpy scalars Python ones."""
+def plain(value: Any) -> float | int | str | None:
+    """A JSON value: NaN becomes ``None``, numpy scalars Python ones, floats
+    rounded to 4 digits.
+
+    Example:
+      >>> plain(np.float32(0.123456)), plain(np.nan), plain(np.int64(3))
+      (0.1235, None, 3)
+    """
     value = np.asarray(value).item()
     if isinstance(value, float):
         return None if not np.isfinite(value) else round(value, 4)

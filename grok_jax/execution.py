@@ -130,7 +130,7 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
                 plan, done = _read_store(path, options.memory_gb)
             rounds = _Rounds(plan, options, path, done, len(devices))
             for i, (scheduled, before) in enumerate(rounds.schedules()):  # one, without refinement
-                chunks = plan.share(me, count, scheduled & ~before, scheduled)
+                chunks = plan.share(me, count, scheduled & ~before)
                 if i == 0 and not rounds.rule.active:
                     print_plan(plan, chunks, len(devices), before, options.log if me == 0 else _quiet)
                 Runner(plan, devices, settings, path, peers).run(chunks, before)

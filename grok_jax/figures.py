@@ -29,6 +29,7 @@ import xarray as xr
 
 from grok_jax import analysis, phases, plotting, presets, results
 from grok_jax import config as cfg
+from grok_jax.analysis import plain
 from grok_jax.errors import ConfigError, StoreWriteError
 
 PRESETS_DIR = os.path.dirname(os.path.abspath(presets.__file__))
@@ -100,7 +101,7 @@ def phase_cells(ds: xr.Dataset) -> list[dict]:
     phase, _ = plotting.cell_phase(ds)
     records = []
     for index in np.ndindex(*phase.shape):
-        record = {d: analysis._plain(phase[d].values[i]) for d, i in zip(phase.dims, index)}
+        record = {d: plain(phase[d].values[i]) for d, i in zip(phase.dims, index)}
         code = int(phase.values[index])
         record["phase"] = phases.PHASES[code] if code >= 0 else None
         records.append(record)
@@ -118,9 +119,9 @@ def _draw_ipr_histograms(datasets: Datasets, options: Any, head: str, paths: Seq
     lanes = analysis.lane_summary(ds)
     for record, (_, sel) in zip(lanes, plotting.lane_panels(ds)):
         f, i = final.isel(sel).values, init.isel(sel).values
-        record.update(mean_ipr_init=_number(np.nanmean(i)), mean_ipr_final=_number(np.nanmean(f)),
-                      share_above_half_init=_number(np.mean(i > 0.5)), share_above_half_final=_number(np.mean(f > 0.5)),
-                      share_low_final=_number(np.mean(f < 0.25)), share_high_final=_number(np.mean(f >= 0.75)))
+        record.update(mean_ipr_init=plain(np.nanmean(i)), mean_ipr_final=plain(np.nanmean(f)),
+                      share_above_half_init=plain(np.mean(i > 0.5)), share_above_half_final=plain(np.mean(f > 0.5)),
+                      share_low_final=plain(np.mean(f < 0.25)), share_high_final=plain(np.mean(f >= 0.75)))
     return {"lanes": lanes}
 
 
@@ -131,9 +132,9 @@ def _draw_batchnorm(datasets: Datasets, options: Any, head: str, paths: Sequence
     plotting.bn_scale_scatter(ds, init, r, options.bins, f"{head}: {plotting.title(ds)}", paths)
     lanes = analysis.lane_summary(ds)
     for record, (_, sel) in zip(lanes, plotting.lane_panels(ds)):
-        record["correlation_bn_scale_ipr"] = _number(r.isel(sel))
+        record["correlation_bn_scale_ipr"] = plain(r.isel(sel))
     values = ", ".join(f"{v:.2f}" for v in np.ravel(r.values))
-    return {"lanes": lanes, "mean_correlation": _number(r.mean()),
+    return {"lanes": lanes, "mean_correlation": plain(r.mean()),
             "headline": f"correlation of |BN scale| with IPR_k: r = {values} (mean {float(r.mean()):.2f})"}
 
 
@@ -147,7 +148,7 @@ def _draw_pruning(datasets: Datasets, options: Any, head: str, paths: Sequence[s
     for order in curves.order.values:
         at = curves.sel(order=order).sel(fraction=list(options.report), method="nearest")
         spread = [d for d in at.dims if d != "fraction"]
-        report[str(order)] = {f"{float(f):.3g}": {m: _number(at[m].sel(fraction=f).mean(spread))
+        report[str(order)] = {f"{float(f):.3g}": {m: plain(at[m].sel(fraction=f).mean(spread))
                                                  for m in ("test_acc", "train_acc", "corrupt_acc", "clean_acc")}
                               for f in at.fraction.values}
     summary = {"unpruned": analysis.lane_summary(ds), "pruned": {}}
@@ -158,7 +159,7 @@ def _draw_pruning(datasets: Datasets, options: Any, head: str, paths: Sequence[s
         f"{name} {f}: test {v['test_acc']}, corrupted {v['corrupt_acc']}"
         for name, part in (("lowest-IPR", low), ("highest-IPR", high)) for f, v in part.items())
     summary["pruned"]["random (mean)"] = {
-        f: {m: _number(np.mean([r[f][m] for r in report.values() if r[f][m] is not None] or [np.nan])) for m in v}
+        f: {m: plain(np.mean([r[f][m] for r in report.values() if r[f][m] is not None] or [np.nan])) for m in v}
         for f, v in next(iter(report.values()), {}).items()}
     return summary
 
@@ -173,10 +174,10 @@ def _draw_prunable(datasets: Datasets, options: Any, head: str, paths: Sequence[
                                        f"{options.threshold:g}", paths)
     rest = [d for d in counts.dims if d != "width"]
     return {"threshold": options.threshold, "widths": {
-        f"{int(w)}": {"mean": _number(counts.sel(width=w).mean(rest)), "std": _number(counts.sel(width=w).std(rest)),
-                      "kept_mean": _number(w - counts.sel(width=w).mean(rest)),
+        f"{int(w)}": {"mean": plain(counts.sel(width=w).mean(rest)), "std": plain(counts.sel(width=w).std(rest)),
+                      "kept_mean": plain(w - counts.sel(width=w).mean(rest)),
                       "networks": int(np.isfinite(counts.sel(width=w)).sum()),
-                      "counts": [_number(v) for v in np.ravel(counts.sel(width=w).values)]}
+                      "counts": [plain(v) for v in np.ravel(counts.sel(width=w).values)]}
         for w in counts.width.values}}
 
 
@@ -188,11 +189,6 @@ RENDERERS: dict[str, Renderer] = {
     "pruning": Renderer(_draw_pruning, parameters=True),
     "prunable": Renderer(_draw_prunable, parameters=True),
 }
-
-
-def _number(value: Any) -> float | None:
-    value = float(np.asarray(value))
-    return round(value, 4) if np.isfinite(value) else None
 
 
 def available_figures() -> list[str]:

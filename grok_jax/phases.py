@@ -110,6 +110,26 @@ def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
     return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, finite)
 
 
+def classify_steps(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
+    """Phase codes at every logged step, as if training had stopped there
+    (:func:`classify_log` of each prefix of the log, in one pass of running
+    maxima): arrays ``(..., n_log)`` in, codes ``(..., n_log)`` out.
+
+    Example:
+      >>> log = {"train_acc": np.array([0.1, 1.0, 1.0]), "test_acc": np.array([0.0, 0.2, 0.95]),
+      ...        "train_loss": np.ones(3), "test_loss": np.ones(3), "weight_norm": np.ones(3)}
+      >>> classify_steps(log, 0.0).tolist()          # Confusion, Memorization, Coexistence
+      [5, 3, 0]
+    """
+    stable = np.isfinite(log["train_loss"]) & np.isfinite(log["test_loss"]) & np.isfinite(log["weight_norm"])
+    with np.errstate(invalid="ignore", over="ignore"):
+        for name in ("train_loss", "weight_norm"):
+            stable &= ~(log[name] > DIVERGE_RATIO * log[name][..., :1])
+    finite = np.logical_and.accumulate(stable, axis=-1)
+    peak = np.fmax.accumulate(np.asarray(log["test_acc"]), axis=-1)  # NaN steps skipped
+    return classify(log["train_acc"], log["test_acc"], np.asarray(xi)[..., None], peak, finite)
+
+
 def peak_test_acc(test_acc: np.ndarray) -> np.ndarray:
     """The highest test accuracy over the logged steps (last axis), NaN steps
     skipped; NaN where none is logged."""
@@ -184,8 +204,19 @@ def majority(phase: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     earlier row of the table) and the fraction of finished runs in it. Runs not
     finished yet (code -1) are not counted; a cell with none finished gets -1 and
     fraction NaN."""
-    counts = np.stack([np.sum(phase == k, axis=axis) for k in range(len(PHASES))], axis=-1)
+    counts = phase_counts(phase, axis)
     finished = counts.sum(axis=-1)
     top = np.where(finished > 0, np.argmax(counts, axis=-1), -1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return top.astype(np.int8), np.max(counts, axis=-1) / finished
+
+
+def phase_counts(phase: np.ndarray, axis: int) -> np.ndarray:
+    """How many runs along ``axis`` are in each phase: a new last axis, one entry
+    per code of :data:`PHASES` (runs not finished, code -1, are not counted).
+
+    Example:
+      >>> phase_counts(np.array([3, 3, 0, -1]), axis=0).tolist()
+      [1, 0, 0, 2, 0, 0, 0]
+    """
+    return np.stack([np.sum(phase == k, axis=axis) for k in range(len(PHASES))], axis=-1)

@@ -105,27 +105,26 @@ class Plan(NamedTuple):
         """The config of the chunk's static group."""
         return self.groups[chunk.group].config
 
-    def share(self, index: int, count: int, pending: np.ndarray, scheduled: np.ndarray | None = None
-              ) -> tuple[Chunk, ...]:
+    def share(self, index: int, count: int, pending: np.ndarray) -> tuple[Chunk, ...]:
         """The chunks process ``index`` of ``count`` trains: the ``pending`` lanes of
         every ``store_chunk``-th block of lanes (a chunk of the store's files, written
         by one process only) from block ``index`` on, in chunks of their layout's
         lanes per device on :attr:`n_devices` devices. One process: the plan's
-        chunks that have pending lanes, whole where all their lanes are
-        ``scheduled`` (default: all), and the pending lanes of the others (a
-        refined sweep's round) in new chunks of the same shapes.
+        chunks whose lanes are all pending, whole, and the pending lanes of the
+        others (a refined sweep's round, a chunk cut short) re-cut into chunks of
+        the same shapes, so that no lane trains twice. (A lane's numbers do not
+        depend on the other lanes of its call.)
 
         Example:
           >>> [c.real.tolist() for c in plan.share(1, 2, np.ones(8, bool))]  # 8 lanes, 2 devices, blocks of 2
           [[2, 3], [6, 7]]
         """
         owner = (np.arange(self.n_lanes) // self.store_chunk) % count
-        whole = np.ones(self.n_lanes, bool) if scheduled is None else scheduled
         kept, regrouped = [], []
         for c in self.chunks:
-            if count == 1 and whole[c.real].all():
-                kept += [c] if pending[c.real].any() else []
-            else:
+            if count == 1 and pending[c.real].all():
+                kept.append(c)
+            elif pending[c.real].any():
                 regrouped.append((c, c.real))
         chunks = []
         for kind, lanes in _by_kind(regrouped):

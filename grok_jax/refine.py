@@ -237,7 +237,7 @@ def extra_seeds(phase: np.ndarray, done: np.ndarray, scheduled: np.ndarray, n_ex
     of the next by fewer than two seeds), while its extra seeds last."""
     if not n_extra:
         return np.zeros_like(done)
-    counts = np.stack([np.sum((phase == k) & done, axis=-1) for k in range(len(phases.PHASES))], axis=-1)
+    counts = phases.phase_counts(np.where(done, phase, -1), axis=-1)
     top2 = np.sort(counts, axis=-1)[..., -2:]
     unclear = (top2[..., 0] > 0) & (top2[..., 1] - top2[..., 0] < 2)
     waiting = (scheduled & ~done).any(axis=-1)  # a seed of the cell is still to run

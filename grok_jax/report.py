@@ -32,16 +32,15 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from grok_jax import analysis, phases, plotting, results
 from grok_jax import config as cfg
-from grok_jax import phases, plotting, results
+from grok_jax.analysis import plain
 from grok_jax.errors import ConfigError, StoreDamaged
 
 REPORT = "report.html"  # the page's name in an output directory
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_template.html")
 BINS = 20  # per-neuron IPR histogram bins over [0, 1]
 LOG_SCALE = re.compile(r"(train_loss|test_loss|weight_norm|norm_.+)$")  # curves sent as log10
-FINALS = ("train_acc", "test_acc", "corrupt_acc", "inversion_acc", "clean_acc", "ipr", "weight_norm")
-SCALARS = ("grok_step", "unlearn_step", "peak_test_acc")
 
 
 def write_report(data: xr.Dataset | str | os.PathLike, out: str | os.PathLike | None = None) -> str:
@@ -142,14 +141,13 @@ def payload(ds: xr.Dataset) -> dict:
 
 def step_phases(ds: xr.Dataset, config: dict) -> np.ndarray:
     """Every lane's phase at each logged step (dims: the swept axes, then ``step``):
-    :func:`grok_jax.phases.classify_log` of its log up to that step, as if training
-    had stopped there; -1 for lanes not run."""
+    :func:`grok_jax.phases.classify_steps`, as if training had stopped there; -1
+    for lanes not run."""
     log = {name: ds[name].values for name in ("train_loss", "test_loss", "weight_norm", "train_acc", "test_acc")}
     ran = ds["ran"].values.astype(bool)
     xi = (ds["xi"].broadcast_like(ds["ran"]).transpose(*ds["ran"].dims).values if "xi" in ds.dims
           else np.full(ran.shape, config["xi"]))
-    steps = [phases.classify_log({k: v[..., :i + 1] for k, v in log.items()}, xi) for i in range(ds.sizes["step"])]
-    return np.where(ran[..., None], np.stack(steps, axis=-1), -1).astype(np.int8)
+    return np.where(ran[..., None], phases.classify_steps(log, xi), -1).astype(np.int8)
 
 
 def _cells(phase: np.ndarray, fraction: xr.DataArray | None, dims: list[str], ran: np.ndarray, inferred: np.ndarray,
@@ -167,7 +165,7 @@ def _cells(phase: np.ndarray, fraction: xr.DataArray | None, dims: list[str], ra
     frac = fraction.transpose(*dims).values.ravel() if fraction is not None else np.ones(len(phase))
     return {
         "phase": phase.astype(int).tolist(),
-        "fraction": [_number(f) for f in frac],
+        "fraction": [plain(f) for f in frac],
         "ran": seeds_ran.tolist(),
         "inferred": inferred.tolist(),
         "step_phase": _b64(top.astype(np.int8)),
@@ -180,10 +178,10 @@ def _lanes(lanes: xr.Dataset, flat, ran: np.ndarray, inferred: np.ndarray) -> di
     """Per lane: its phase, whether it ran or was inferred, final metrics, grokking
     and unlearning steps (``None`` where there is none), rounded to 4 digits."""
     out = {"phase": flat("phase").astype(int).tolist(), "ran": ran.tolist(), "inferred": inferred.tolist()}
-    for name in FINALS:
-        out[name] = [_number(v) for v in flat(name)[:, -1]]
-    for name in SCALARS:
-        out[name] = [_number(v) for v in flat(name)] if name in lanes else [None] * len(ran)
+    for name in analysis.FINAL_METRICS:
+        out[name] = [plain(v) for v in flat(name)[:, -1]]
+    for name in analysis.LANE_SCALARS:
+        out[name] = [plain(v) for v in flat(name)] if name in lanes else [None] * len(ran)
     return out
 
 
@@ -248,11 +246,6 @@ def _q4(values: np.ndarray) -> str:
 def _f16(values: np.ndarray) -> str:
     with np.errstate(over="ignore"):  # beyond float16's 65504: inf, as drawn anyway
         return _b64(np.asarray(values, "<f4").astype("<f2"))
-
-
-def _number(value: Any) -> float | None:
-    value = float(value)
-    return round(value, 4) if np.isfinite(value) else None
 
 
 # --- the command that runs one cell again ---
@@ -343,14 +336,11 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isdir(store):
         fail(ConfigError(f"no results store at {store}; give an output directory of grok_jax.sweep"))
     try:
-        ds = results.load_results(store, parameters=False)
-        fmt = int(ds.attrs.get("format", 0))
-    except StoreDamaged as e:
+        ds = results.load_results(store, parameters=False)  # a store of another format: a ConfigError
+    except (ConfigError, StoreDamaged) as e:
         fail(e)
     except Exception as e:  # noqa: BLE001 - whatever else is there is no store of this version
         fail(f"{store} is not a readable grok_jax results store ({type(e).__name__}: {e})")
-    if fmt != results.FORMAT:
-        fail(f"{store} was written in store format {fmt}; this version reads format {results.FORMAT}")
     out = args[1] if len(args) > 1 else os.path.dirname(os.path.abspath(store))
     try:
         os.makedirs(out, exist_ok=True)

@@ -213,3 +213,20 @@ def test_the_sweep_stores_the_peaks(ce_high_wd):
     # rows, so the peak covers every logged state but the last (after the last step).
     assert (ds.peak_train_acc >= ds.train_acc.isel(step=slice(None, -1)).max("step")).all()
     assert (ds.peak_train_acc > ds.train_acc.max("step")).any()  # it sees steps between the logged ones
+
+
+def test_the_phase_at_every_step_is_that_of_the_log_cut_there():
+    """classify_steps against classify_log of every prefix, on random logs with
+    NaN, inf and exploding values, rising and falling accuracies, several ξ."""
+    rng = np.random.default_rng(0)
+    shape = (400, 9)
+    accuracy = lambda: rng.choice([0.0, 0.3, 0.8, 0.8999, 0.9, 0.95, 1.0], shape)  # noqa: E731
+    spikes = rng.choice([1.0, 1e7, np.inf, np.nan], shape, p=[0.97, 0.01, 0.01, 0.01])
+    log = {"train_loss": rng.uniform(0.1, 2, shape) * spikes, "test_loss": rng.uniform(0.1, 2, shape),
+           "weight_norm": rng.uniform(5, 20, shape) * rng.choice([1.0, 1e7], shape, p=[0.99, 0.01]),
+           "train_acc": accuracy(), "test_acc": np.where(rng.random(shape) < 0.1, np.nan, accuracy())}
+    xi = rng.choice([0.0, 0.1, 0.35], shape[0])
+    steps = phases.classify_steps(log, xi)
+    cut = np.stack([classify_log({k: v[:, :i + 1] for k, v in log.items()}, xi) for i in range(shape[1])], -1)
+    np.testing.assert_array_equal(steps, cut)
+    assert len(np.unique(cut)) == len(phases.PHASES)  # every phase occurs

@@ -13,6 +13,7 @@ from grok_jax.config import load_config
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
 from grok_jax.refine import Cells, Refinement
+from grok_jax.runner import Runner
 
 FAULTS = os.path.join(os.path.dirname(__file__), "faults.py")
 QUIET = dict(progress=False, log=lambda s: None, lanes_per_device=1)
@@ -229,18 +230,23 @@ def test_a_refined_store_grows_and_is_refined_again(tmp_path):
 
 
 def test_rounds_compile_nothing_new_and_seeds_are_added_where_they_disagree(full, tmp_path, monkeypatch):
-    """Three lanes per device, so that a round's lanes are packed into chunks of the
-    full grid's shape: every round after the first compiles nothing. With seeds 0, 1
-    and one extra seed, the extra seed runs exactly where seeds 0 and 1 disagree."""
+    """Two lanes per device (chunks of four lanes), so that a round's lanes are
+    packed into chunks of the full grid's shape: every round after the first compiles nothing, and no lane
+    trains twice (a chunk of the plan whose lanes ran in different rounds is not
+    trained whole again). With seeds 0, 1 and one extra seed, the extra seed runs
+    exactly where seeds 0 and 1 disagree."""
     config = _grid()
     config.sweep = {"seed": (0, 1), **config.sweep}
     monkeypatch.setattr(programs, "_PROGRAMS", {})  # count this run's compilations
-    compiled = []
-    schedule = results.schedule
+    compiled, trained = [], []
+    schedule, run = results.schedule, Runner.run
     monkeypatch.setattr(results, "schedule", lambda *a: (compiled.append(len(programs._PROGRAMS)), schedule(*a)))
-    ds = run_sweep(config, out=str(tmp_path / "r"), refine=Refinement(levels=1, seeds=1), lanes_per_device=3,
+    monkeypatch.setattr(Runner, "run", lambda self, chunks, done: (
+        trained.extend(lane for c in chunks for lane in c.real), run(self, chunks, done))[1])
+    ds = run_sweep(config, out=str(tmp_path / "r"), refine=Refinement(levels=1, seeds=1), lanes_per_device=2,
                    progress=False, log=lambda s: None)
     assert len(compiled) >= 2 and compiled[1] == len(programs._PROGRAMS) == 1, compiled
+    assert sorted(trained) == np.flatnonzero(ds.ran.transpose("seed", ...).values.ravel()).tolist()
     assert ds.seed.values.tolist() == [0, 1, 2]
     base, extra = ds.phase.sel(seed=[0, 1]), ds.ran.sel(seed=2)
     both = ds.ran.sel(seed=[0, 1]).all("seed")

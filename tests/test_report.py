@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,10 +22,11 @@ import types
 
 import numpy as np
 import pytest
+import zarr
 
 import grok_jax
 from grok_jax import config as cfg
-from grok_jax import figures, phases, plotting, report
+from grok_jax import figures, phases, plotting, report, results
 from grok_jax import sweep as sweep_cli
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -157,6 +159,8 @@ def test_a_click_shows_the_cells_stored_numbers(browser, store, ds):
         row = browser.find_element("css selector", f'#cell-table tr[data-seed="{s}"]')
         stored = float(ds.test_acc.isel(wd=y, xi=x, seed=s, step=-1))
         assert row.find_element("class name", "test_acc").text == f"{stored:.4f}"
+        for peak in ("peak_test_acc", "peak_train_acc"):
+            assert row.find_element("class name", peak).text == f"{float(ds[peak].isel(wd=y, xi=x, seed=s)):.4f}"
     config = json.loads(ds.attrs["config"])
     cell = {"wd": ds.wd.values[y].item(), "xi": ds.xi.values[x].item()}
     assert browser.find_element("id", "command").text == report.rerun_command(config, cell)
@@ -332,7 +336,19 @@ def test_a_store_of_another_kind_is_refused(tmp_path, capsys):
     (tmp_path / "results.zarr").mkdir()
     with pytest.raises(SystemExit) as exit_:
         report.main([str(tmp_path)])
-    assert exit_.value.code == 2 and "is not a readable grok_jax results store" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "is not a complete grok_jax results store" in capsys.readouterr().err
+
+
+def test_a_store_of_another_format_is_named_as_such(store, tmp_path, capsys):
+    old = tmp_path / "old"
+    shutil.copytree(store / "results.zarr", old / "results.zarr")
+    zarr.open_group(str(old / "results.zarr"), mode="a").attrs["format"] = results.FORMAT - 1
+    with pytest.raises(SystemExit) as exit_:
+        report.main([str(old)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert f"written in store format {results.FORMAT - 1}, this version reads format {results.FORMAT}" in err
+    assert not (old / report.REPORT).exists()
 
 
 # --- the re-run command of a cell, parsed by the sweep's command line ---
