@@ -130,7 +130,7 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
                 plan, done = _read_store(path, options.memory_gb)
             rounds = _Rounds(plan, options, path, done, len(devices))
             for i, (scheduled, before) in enumerate(rounds.schedules()):  # one, without refinement
-                chunks = plan.share(me, count, scheduled & ~before)
+                chunks = plan.share(me, count, scheduled & ~before, rounds.recut)
                 if i == 0 and not rounds.rule.active:
                     print_plan(plan, chunks, len(devices), before, options.log if me == 0 else _quiet)
                 Runner(plan, devices, settings, path, peers).run(chunks, before)
@@ -155,6 +155,8 @@ class _Rounds:
         self.plan, self.rule, self.path, self.log = plan, options.refine, path, options.log
         self.before, self.devices, self.start = done, devices, time.perf_counter()
         self.base = refine.base_lanes(plan.axes, self.rule)
+        stored = results.open_store(path)  # a refined grid's lanes ran in rounds: re-cut (Plan.share)
+        self.recut = self.rule.active or bool(stored["inferred"].values.any() or not stored["scheduled"].values.all())
 
     def schedules(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each round's lanes scheduled so far and the lanes done before it."""

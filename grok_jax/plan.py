@@ -105,15 +105,17 @@ class Plan(NamedTuple):
         """The config of the chunk's static group."""
         return self.groups[chunk.group].config
 
-    def share(self, index: int, count: int, pending: np.ndarray) -> tuple[Chunk, ...]:
+    def share(self, index: int, count: int, pending: np.ndarray, recut: bool = False) -> tuple[Chunk, ...]:
         """The chunks process ``index`` of ``count`` trains: the ``pending`` lanes of
         every ``store_chunk``-th block of lanes (a chunk of the store's files, written
         by one process only) from block ``index`` on, in chunks of their layout's
         lanes per device on :attr:`n_devices` devices. One process: the plan's
-        chunks whose lanes are all pending, whole, and the pending lanes of the
-        others (a refined sweep's round, a chunk cut short) re-cut into chunks of
-        the same shapes, so that no lane trains twice. (A lane's numbers do not
-        depend on the other lanes of its call.)
+        chunks with pending lanes, whole (the done lanes of one cut short train
+        again, not rewritten: with several lanes per device a lane's last bits
+        depend on its neighbours, so each keeps the plan's); with ``recut`` (a
+        refined grid, whose lanes run round by round, not in the plan's chunks)
+        only the chunks whose lanes are all pending, and the pending lanes of the
+        others re-cut into chunks of the same shapes, so that no lane trains twice.
 
         Example:
           >>> [c.real.tolist() for c in plan.share(1, 2, np.ones(8, bool))]  # 8 lanes, 2 devices, blocks of 2
@@ -122,7 +124,7 @@ class Plan(NamedTuple):
         owner = (np.arange(self.n_lanes) // self.store_chunk) % count
         kept, regrouped = [], []
         for c in self.chunks:
-            if count == 1 and pending[c.real].all():
+            if count == 1 and pending[c.real].any() and (pending[c.real].all() or not recut):
                 kept.append(c)
             elif pending[c.real].any():
                 regrouped.append((c, c.real))

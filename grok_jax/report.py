@@ -34,7 +34,6 @@ import xarray as xr
 
 from grok_jax import analysis, phases, plotting, results
 from grok_jax import config as cfg
-from grok_jax.analysis import plain
 from grok_jax.errors import ConfigError, StoreDamaged
 
 REPORT = "report.html"  # the page's name in an output directory
@@ -165,7 +164,7 @@ def _cells(phase: np.ndarray, fraction: xr.DataArray | None, dims: list[str], ra
     frac = fraction.transpose(*dims).values.ravel() if fraction is not None else np.ones(len(phase))
     return {
         "phase": phase.astype(int).tolist(),
-        "fraction": [plain(f) for f in frac],
+        "fraction": [analysis.plain(f) for f in frac],
         "ran": seeds_ran.tolist(),
         "inferred": inferred.tolist(),
         "step_phase": _b64(top.astype(np.int8)),
@@ -176,12 +175,13 @@ def _cells(phase: np.ndarray, fraction: xr.DataArray | None, dims: list[str], ra
 
 def _lanes(lanes: xr.Dataset, flat, ran: np.ndarray, inferred: np.ndarray) -> dict:
     """Per lane: its phase, whether it ran or was inferred, final metrics, grokking
-    and unlearning steps (``None`` where there is none), rounded to 4 digits."""
+    and unlearning steps, peak test and train accuracies (``None`` where there is
+    none), rounded to 4 digits."""
     out = {"phase": flat("phase").astype(int).tolist(), "ran": ran.tolist(), "inferred": inferred.tolist()}
     for name in analysis.FINAL_METRICS:
-        out[name] = [plain(v) for v in flat(name)[:, -1]]
+        out[name] = [analysis.plain(v) for v in flat(name)[:, -1]]
     for name in analysis.LANE_SCALARS:
-        out[name] = [plain(v) for v in flat(name)] if name in lanes else [None] * len(ran)
+        out[name] = [analysis.plain(v) for v in flat(name)] if name in lanes else [None] * len(ran)
     return out
 
 
@@ -211,9 +211,7 @@ def _histograms(ds: xr.Dataset, cells: list[str], seeds: list | None, n_lanes: i
     order = [*cells, *(["seed"] if seeds else [])]
     init = None
     if "plan" in ds.attrs:
-        from grok_jax.analysis import initial_ipr
-
-        init = initial_ipr(ds)
+        init = analysis.initial_ipr(ds)
         group = init.dims[-1]
     else:
         group = next((n[4:] for n in ds.data_vars if n.startswith("ipr_")), None)
@@ -336,11 +334,14 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isdir(store):
         fail(ConfigError(f"no results store at {store}; give an output directory of grok_jax.sweep"))
     try:
-        ds = results.load_results(store, parameters=False)  # a store of another format: a ConfigError
-    except (ConfigError, StoreDamaged) as e:
+        ds = results.load_results(store, parameters=False)
+        fmt = int(ds.attrs.get("format", 0))
+    except StoreDamaged as e:
         fail(e)
     except Exception as e:  # noqa: BLE001 - whatever else is there is no store of this version
         fail(f"{store} is not a readable grok_jax results store ({type(e).__name__}: {e})")
+    if fmt != results.FORMAT:
+        fail(f"{store} was written in store format {fmt}; this version reads format {results.FORMAT}")
     out = args[1] if len(args) > 1 else os.path.dirname(os.path.abspath(store))
     try:
         os.makedirs(out, exist_ok=True)

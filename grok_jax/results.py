@@ -235,7 +235,7 @@ def open_store(path: str) -> xr.Dataset | None:
     if not os.path.exists(path):
         return None
     try:
-        ds = xr.open_zarr(path, consolidated=False)
+        ds = _open(path)
         fmt = int(ds.attrs.get("format", 0))
         json.loads(ds.attrs["config"])
         ds["done"]
@@ -452,14 +452,12 @@ def load_results(path: str | os.PathLike, parameters: bool = True) -> xr.Dataset
     and ``phase_fraction`` give each cell's most common phase over seeds and the
     fraction of seeds in it. ``attrs["config"]`` is the full config as JSON.
     ``parameters=False`` leaves out the final parameters and model state (the
-    dotted variables, most of a large store), e.g. to plot phase diagrams. A
-    directory that holds no store of this version's format is a ``ConfigError``
-    that says so (:func:`open_store`).
+    dotted variables, most of a large store), e.g. to plot phase diagrams.
     """
     path = store_path(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no results store at {path}")
-    flat = open_store(path)
+    flat = _open(path)
     if not parameters:
         flat = flat.drop_vars([name for name in flat.data_vars if "." in name])
     with readable(path):
@@ -543,3 +541,7 @@ def repair(path: str, log: Callable[[str], None] = print) -> int:
 
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def _open(path: str) -> xr.Dataset:
+    return xr.open_zarr(path, consolidated=False)

@@ -12,6 +12,7 @@ from grok_jax import plotting, programs, refine, results
 from grok_jax.config import load_config
 from grok_jax.errors import ConfigError
 from grok_jax.execution import run_sweep
+from grok_jax.plan import Resources, make_plan
 from grok_jax.refine import Cells, Refinement
 from grok_jax.runner import Runner
 
@@ -253,6 +254,20 @@ def test_rounds_compile_nothing_new_and_seeds_are_added_where_they_disagree(full
     np.testing.assert_array_equal(extra.values, (both & (base.isel(seed=0) != base.isel(seed=1))).values)
     np.testing.assert_array_equal(ds.phase.sel(seed=0).values[ds.ran.sel(seed=0).values],
                                   full.phase.values[ds.ran.sel(seed=0).values])  # seed 0 as in the full grid
+
+
+def test_a_chunk_cut_short_runs_whole_unless_its_grid_is_refined(tiny):
+    """Outside a refined grid a chunk with pending lanes runs whole, so each lane
+    keeps the neighbours the plan gives it on its device; in a refined grid only the
+    pending lanes run, re-cut into chunks of the same shape."""
+    plan = make_plan(tiny, Resources(lanes_per_device=2, n_devices=2))  # 8 lanes: chunks of 4
+    pending = np.ones(plan.n_lanes, bool)
+    pending[[0, 5]] = False  # a lane of each chunk done
+    whole = plan.share(0, 1, pending)
+    assert [c.real.tolist() for c in whole] == [c.real.tolist() for c in plan.chunks]
+    recut = plan.share(0, 1, pending, recut=True)
+    assert sorted(lane for c in recut for lane in c.real) == np.flatnonzero(pending).tolist()
+    assert {(len(c.lanes), c.layout) for c in recut} == {(len(c.lanes), c.layout) for c in plan.chunks}
 
 
 def _cli(args, *fault):

@@ -336,7 +336,7 @@ def test_a_store_of_another_kind_is_refused(tmp_path, capsys):
     (tmp_path / "results.zarr").mkdir()
     with pytest.raises(SystemExit) as exit_:
         report.main([str(tmp_path)])
-    assert exit_.value.code == 2 and "is not a complete grok_jax results store" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "is not a readable grok_jax results store" in capsys.readouterr().err
 
 
 def test_a_store_of_another_format_is_named_as_such(store, tmp_path, capsys):
@@ -347,7 +347,7 @@ def test_a_store_of_another_format_is_named_as_such(store, tmp_path, capsys):
         report.main([str(old)])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
-    assert f"written in store format {results.FORMAT - 1}, this version reads format {results.FORMAT}" in err
+    assert f"written in store format {results.FORMAT - 1}; this version reads format {results.FORMAT}" in err
     assert not (old / report.REPORT).exists()
 
 
