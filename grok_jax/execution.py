@@ -155,8 +155,9 @@ class _Rounds:
         self.plan, self.rule, self.path, self.log = plan, options.refine, path, options.log
         self.before, self.devices, self.start = done, devices, time.perf_counter()
         self.base = refine.base_lanes(plan.axes, self.rule)
-        stored = results.open_store(path)  # a refined grid's lanes ran in rounds: re-cut (Plan.share)
-        self.recut = self.rule.active or bool(stored["inferred"].values.any() or not stored["scheduled"].values.all())
+        runs = json.loads(results.open_store(path).attrs.get("runs", "[]"))  # this one's too
+        # A store that a refined sweep wrote to: its lanes ran in rounds, not in the plan's chunks (Plan.share)
+        self.recut = any(Refinement(**run["refine"]).active for run in runs if "refine" in run)
 
     def schedules(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each round's lanes scheduled so far and the lanes done before it."""

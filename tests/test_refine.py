@@ -213,6 +213,37 @@ def test_a_refined_tiny_grid_against_the_full_one(full, tmp_path, monkeypatch):
         np.testing.assert_array_equal(filled[name].values, full[name].values, err_msg=name)
 
 
+class _Stop(Exception):
+    """A sweep stopped from a test hook."""
+
+
+def test_a_refined_sweep_stopped_early_is_filled_in_training_each_lane_once(full, tmp_path, monkeypatch):
+    """A refined sweep stopped after its first round (no cell inferred yet), then
+    filled in without --refine: only the lanes not run train, each once (the chunks
+    of its plan are not trained whole), and the store ends as the full grid."""
+    out, schedule, rounds = str(tmp_path / "r"), results.schedule, []
+
+    def second_round_stops(*args):
+        rounds.append(args)
+        if len(rounds) == 2:
+            raise _Stop
+        schedule(*args)
+
+    monkeypatch.setattr(results, "schedule", second_round_stops)
+    with pytest.raises(_Stop):
+        run_sweep(_grid(), out=out, refine=Refinement(levels=1), **QUIET)
+    monkeypatch.setattr(results, "schedule", schedule)
+    ran = results.committed(results.open_store(results.store_path(out)))
+    assert 0 < ran.sum() < ran.size
+    trained, run = [], Runner.run
+    monkeypatch.setattr(Runner, "run", lambda self, chunks, done: (
+        trained.extend(lane for c in chunks for lane in c.real), run(self, chunks, done))[1])
+    filled = run_sweep(_grid(), out=out, **QUIET)
+    assert sorted(trained) == np.flatnonzero(~ran).tolist()
+    for name in ("train_loss", "phase"):
+        np.testing.assert_array_equal(filled[name].values, full[name].values, err_msg=name)
+
+
 def test_a_refined_store_grows_and_is_refined_again(tmp_path):
     """A refined store grown by a ξ value and refined again: its lanes run are kept
     bit for bit and not run again, and every cell, run or inferred, has the phase
