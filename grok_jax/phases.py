@@ -98,15 +98,8 @@ def classify_log(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
     :func:`classify` of the last logged accuracies, with the peak test accuracy over
     the logged steps. Diverged: a NaN/inf loss or weight norm at a logged step, or a
     train loss or weight norm above :data:`DIVERGE_RATIO` times its step-0 value."""
-    finite = np.all(
-        np.isfinite(log["train_loss"]) & np.isfinite(log["test_loss"]) & np.isfinite(log["weight_norm"]),
-        axis=-1,
-    )
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN runs are Diverged anyway
-        for name in ("train_loss", "weight_norm"):
-            finite &= ~np.any(log[name] > DIVERGE_RATIO * log[name][..., :1], axis=-1)
-        peak = peak_test_acc(log["test_acc"])
+    finite = _stable(log).all(axis=-1)
+    peak = peak_test_acc(log["test_acc"])
     return classify(log["train_acc"][..., -1], log["test_acc"][..., -1], xi, peak, finite)
 
 
@@ -121,13 +114,19 @@ def classify_steps(log: dict[str, np.ndarray], xi: np.ndarray) -> np.ndarray:
       >>> classify_steps(log, 0.0).tolist()          # Confusion, Memorization, Coexistence
       [5, 3, 0]
     """
+    finite = np.logical_and.accumulate(_stable(log), axis=-1)
+    peak = np.fmax.accumulate(np.asarray(log["test_acc"]), axis=-1)  # NaN steps skipped
+    return classify(log["train_acc"], log["test_acc"], np.asarray(xi)[..., None], peak, finite)
+
+
+def _stable(log: dict[str, np.ndarray]) -> np.ndarray:
+    """At each logged step: the losses and weight norm finite, and the train loss and
+    weight norm within :data:`DIVERGE_RATIO` times their step-0 values."""
     stable = np.isfinite(log["train_loss"]) & np.isfinite(log["test_loss"]) & np.isfinite(log["weight_norm"])
     with np.errstate(invalid="ignore", over="ignore"):
         for name in ("train_loss", "weight_norm"):
             stable &= ~(log[name] > DIVERGE_RATIO * log[name][..., :1])
-    finite = np.logical_and.accumulate(stable, axis=-1)
-    peak = np.fmax.accumulate(np.asarray(log["test_acc"]), axis=-1)  # NaN steps skipped
-    return classify(log["train_acc"], log["test_acc"], np.asarray(xi)[..., None], peak, finite)
+    return stable
 
 
 def peak_test_acc(test_acc: np.ndarray) -> np.ndarray:

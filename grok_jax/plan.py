@@ -124,9 +124,11 @@ class Plan(NamedTuple):
         owner = (np.arange(self.n_lanes) // self.store_chunk) % count
         kept, regrouped = [], []
         for c in self.chunks:
-            if count == 1 and pending[c.real].any() and (pending[c.real].all() or not recut):
+            if not pending[c.real].any():
+                continue
+            if count == 1 and (pending[c.real].all() or not recut):
                 kept.append(c)
-            elif pending[c.real].any():
+            else:
                 regrouped.append((c, c.real))
         chunks = []
         for kind, lanes in _by_kind(regrouped):

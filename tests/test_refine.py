@@ -213,6 +213,15 @@ def test_a_refined_tiny_grid_against_the_full_one(full, tmp_path, monkeypatch):
         np.testing.assert_array_equal(filled[name].values, full[name].values, err_msg=name)
 
 
+def _trained_lanes(monkeypatch) -> list:
+    """The lanes of every chunk the sweeps train from now on (done lanes of a chunk
+    trained whole included), filled in as they run."""
+    trained, run = [], Runner.run
+    monkeypatch.setattr(Runner, "run", lambda self, chunks, done: (
+        trained.extend(lane for c in chunks for lane in c.real), run(self, chunks, done))[1])
+    return trained
+
+
 class _Stop(Exception):
     """A sweep stopped from a test hook."""
 
@@ -235,9 +244,7 @@ def test_a_refined_sweep_stopped_early_is_filled_in_training_each_lane_once(full
     monkeypatch.setattr(results, "schedule", schedule)
     ran = results.committed(results.open_store(results.store_path(out)))
     assert 0 < ran.sum() < ran.size
-    trained, run = [], Runner.run
-    monkeypatch.setattr(Runner, "run", lambda self, chunks, done: (
-        trained.extend(lane for c in chunks for lane in c.real), run(self, chunks, done))[1])
+    trained = _trained_lanes(monkeypatch)
     filled = run_sweep(_grid(), out=out, **QUIET)
     assert sorted(trained) == np.flatnonzero(~ran).tolist()
     for name in ("train_loss", "phase"):
@@ -270,11 +277,9 @@ def test_rounds_compile_nothing_new_and_seeds_are_added_where_they_disagree(full
     config = _grid()
     config.sweep = {"seed": (0, 1), **config.sweep}
     monkeypatch.setattr(programs, "_PROGRAMS", {})  # count this run's compilations
-    compiled, trained = [], []
-    schedule, run = results.schedule, Runner.run
+    compiled, trained = [], _trained_lanes(monkeypatch)
+    schedule = results.schedule
     monkeypatch.setattr(results, "schedule", lambda *a: (compiled.append(len(programs._PROGRAMS)), schedule(*a)))
-    monkeypatch.setattr(Runner, "run", lambda self, chunks, done: (
-        trained.extend(lane for c in chunks for lane in c.real), run(self, chunks, done))[1])
     ds = run_sweep(config, out=str(tmp_path / "r"), refine=Refinement(levels=1, seeds=1), lanes_per_device=2,
                    progress=False, log=lambda s: None)
     assert len(compiled) >= 2 and compiled[1] == len(programs._PROGRAMS) == 1, compiled
