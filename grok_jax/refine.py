@@ -65,7 +65,7 @@ class Refinement(NamedTuple):
 
     levels: int = 0  # coarse spacing 2**levels on each refined axis; 0: every cell runs
     seeds: int = 0  # the last `seeds` values of the seed axis run only where the others disagree
-    accuracy: float = 0.2  # refine where an accuracy changes by more than this between neighbours
+    accuracy: float = 0.3  # refine where an accuracy changes by more than this between neighbours
 
     @property
     def active(self) -> bool:
