@@ -22,6 +22,14 @@ def transformer_run(scale: str):
     return run
 
 
+def with_paper_seeds(run, scale: str):
+    """``run`` with the paper's 3 seeds at paper scale (Fig. 7a and 7b: §3 of the
+    paper), one elsewhere: a cell's phase is then its seeds' majority."""
+    if scale == "paper":
+        run.sweep.seed = (0, 1, 2)  # seeds of each cell
+    return run
+
+
 def mlp3_run(scale: str):
     """The 3-layer ReLU MLP of Fig. 7b: N 500, 5000 steps at p 97; quick: p 31, N 128, 1000 steps."""
     run = run_config(scale)

@@ -20,7 +20,10 @@ def get_config(scale: str = "quick"):
 
 
 def _rises(summary):
-    lanes = sorted(summary["lanes"], key=lambda r: r["wd"])
-    means = [r["mean_ipr_final"] for r in lanes]
+    by_wd = {}  # wd -> its lanes' mean final IPRs (one per seed at paper scale): averaged
+    for lane in summary["lanes"]:
+        by_wd.setdefault(lane["wd"], []).append(lane["mean_ipr_final"])
+    wds = sorted(by_wd)
+    means = [sum(by_wd[wd]) / len(by_wd[wd]) for wd in wds]
     return max(means) <= 0.4 and means[-1] > means[0], ", ".join(
-        f"{m:.3f} at wd {r['wd']:g}" for m, r in zip(means, lanes))
+        f"{m:.3f} at wd {wd:g}" for m, wd in zip(means, wds))

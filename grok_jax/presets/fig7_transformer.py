@@ -9,12 +9,12 @@ parameterization (the authors' s = 0, one AdamW) the trend shows from wd 1 to 10
 (α 0.5, seeds 0-2): wd 1 memorizes, wd 3 is Coexistence at ξ 0.1 and Memorization at
 ξ 0.3, wd 10 inverts at both (7 of 8 lanes Full Inversion), and the mean embedding
 IPR rises from 0.04-0.07 to 0.12-0.36. The paper-scale preset runs wd 3 and 10 with
-it (``figures/README.md``, "Figure 7", has the numbers). Quick (p 23, d 32, lr 0.002,
+it and the paper's 3 seeds (``figures/README.md``, "Figure 7", has the numbers). Quick (p 23, d 32, lr 0.002,
 1500 steps): wd 1 and 3 with the default parameterization; the standard one does no
 better there (one Coexistence cell at wd 3 either way, Confusion from wd 5)."""
 
 from grok_jax.presets import GENERALIZING, figure_config, more_cells, pick
-from grok_jax.presets._architectures import transformer_run
+from grok_jax.presets._architectures import transformer_run, with_paper_seeds
 
 WD = {"tiny": (10.0, 50.0), "quick": (1.0, 3.0), "paper": (3.0, 10.0)}  # one panel each
 
@@ -24,7 +24,7 @@ def transformer_wd_run(scale: str):
     run = transformer_run(scale)
     run.sweep.wd = WD[scale]
     run.transformer.parameterization = pick(scale, "mup", "mup", "standard")  # the trend's setting (module doc)
-    return run
+    return with_paper_seeds(run, scale)
 
 
 def get_config(scale: str = "quick"):
