@@ -184,12 +184,13 @@ def test_figure_7_with_seeds_reads_each_cells_majority_and_seed_mean(tmp_path):
     seeds, both recomputed here from the store."""
     from grok_jax.presets._architectures import with_paper_seeds
 
-    results, out, datasets = tmp_path / "r", tmp_path / "f", {}
+    results, out, records = tmp_path / "r", tmp_path / "f", {}
     for name in ("fig7_transformer", "fig7_ipr"):
         figure = figures.load_figure(name, "tiny")
         with_paper_seeds(figure.runs.transformer, "paper")
         json_path = figures.run_figure(name, figure, "tiny", str(out), str(results), log=lambda s: None)[-1]
-        datasets[name] = json.loads(open(json_path).read())
+        with open(json_path) as f:
+            records[name] = json.load(f)
     ds = grok_jax.load_results(str(results / "tiny" / "transformer"))
     assert ds.sizes["seed"] == 3
 
@@ -197,14 +198,14 @@ def test_figure_7_with_seeds_reads_each_cells_majority_and_seed_mean(tmp_path):
     votes = np.apply_along_axis(lambda v: np.bincount(v, minlength=7), -1, phase)  # ties: the lower code
     majority = xr.DataArray(votes.argmax(-1), dims=ds.phase.transpose(..., "seed").dims[:-1])
     generalizing = majority.isin([0, 1, 2]).sum([d for d in majority.dims if d != "wd"]).values.tolist()
-    (claim,) = datasets["fig7_transformer"]["claims"]
+    (claim,) = records["fig7_transformer"]["claims"]
     assert claim["measured"] == (f"{generalizing[0]} Coexistence or Inversion cells at wd 10, "
                                  f"{generalizing[1]} at 50"), claim
 
     cell = ds.sel(alpha=0.5, xi=0.0)
     per_wd = cell["ipr_embed"].mean("embed").mean("seed").values
-    (claim,) = datasets["fig7_ipr"]["claims"]
-    assert len(datasets["fig7_ipr"]["summary"]["lanes"]) == 6
+    (claim,) = records["fig7_ipr"]["claims"]
+    assert len(records["fig7_ipr"]["summary"]["lanes"]) == 6
     assert claim["measured"] == f"{per_wd[0]:.3f} at wd 10, {per_wd[1]:.3f} at wd 50"
     assert claim["holds"] == bool(per_wd.max() <= 0.4 and per_wd[1] > per_wd[0])
 
