@@ -145,6 +145,10 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
     return results.load_results(path, options.parameters)
 
 
+def _flags(rule: Refinement) -> str:
+    return f"--refine={rule.levels} --refine_seeds={rule.seeds} --refine_accuracy={rule.accuracy:g}"
+
+
 class _Rounds:
     """The rounds of a sweep on a store: one, of every lane, without refinement;
     with it, each round's lanes chosen (:func:`refine.next_round`) and marked
@@ -156,8 +160,13 @@ class _Rounds:
         self.before, self.devices, self.start = done, devices, time.perf_counter()
         self.base = refine.base_lanes(plan.axes, self.rule)
         runs = json.loads(results.open_store(path).attrs.get("runs", "[]"))  # this one's too
+        rules = [Refinement(**run["refine"]) for run in runs if "refine" in run]
         # A store that a refined sweep wrote to: its lanes ran in rounds, not in the plan's chunks (Plan.share)
-        self.recut = any(Refinement(**run["refine"]).active for run in runs if "refine" in run)
+        self.recut = any(rule.active for rule in rules)
+        earlier = [rule for rule in rules[:-1] if rule.active]
+        if self.rule.active and earlier and earlier[-1] != self.rule:  # e.g. a default changed since
+            self.log(f"refining with {_flags(self.rule)}; this store was refined with {_flags(earlier[-1])}: "
+                     "the rounds from here follow the new setting")
 
     def schedules(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Each round's lanes scheduled so far and the lanes done before it."""

@@ -251,6 +251,16 @@ def test_a_refined_sweep_stopped_early_is_filled_in_training_each_lane_once(full
         np.testing.assert_array_equal(filled[name].values, full[name].values, err_msg=name)
 
 
+def test_a_refined_store_resumed_with_another_setting_says_so(tmp_path):
+    out, said = str(tmp_path / "r"), []
+    run_sweep(_grid(), out=out, refine=Refinement(levels=1, accuracy=0.2), **QUIET)
+    run_sweep(_grid(), out=out, refine=Refinement(levels=1, accuracy=0.2), **(QUIET | {"log": said.append}))
+    assert not [line for line in said if "this store was refined with" in line]
+    run_sweep(_grid(), out=out, refine=Refinement(levels=1), **(QUIET | {"log": said.append}))
+    assert ("refining with --refine=1 --refine_seeds=0 --refine_accuracy=0.3; this store was refined with "
+            "--refine=1 --refine_seeds=0 --refine_accuracy=0.2: the rounds from here follow the new setting") in said
+
+
 def test_a_refined_store_grows_and_is_refined_again(tmp_path):
     """A refined store grown by a ξ value and refined again: its lanes run are kept
     bit for bit and not run again, and every cell, run or inferred, has the phase
