@@ -83,9 +83,9 @@ def _final(path: str):
     return ds[["phase", *refine.ACCURACIES]].load()
 
 
-def replay(ds, rule: Refinement) -> tuple[float, float]:
-    """The fraction of lanes refinement by ``rule`` runs on a full store (``ds``:
-    :func:`_final`) and the fraction of cells whose majority phase it gets right."""
+def _rounds(ds, rule: Refinement):
+    """Refinement by ``rule`` replayed on a full store (``ds``: :func:`_final`): its
+    axes, the full grid's flat numbers, the lanes it runs and its last round."""
     axes = {k: tuple(v) for k, v in json.loads(ds.attrs["axes"]).items()}
     full = {k: ds[k][:, -1].values for k in refine.ACCURACIES} | {"phase": ds["phase"].values}
     done = np.zeros(len(full["phase"]), bool)
@@ -94,26 +94,67 @@ def replay(ds, rule: Refinement) -> tuple[float, float]:
         lanes |= {"phase": np.where(done, full["phase"], -1).astype(np.int8), "done": done, "scheduled": done}
         step = refine.next_round(axes, lanes, rule)
         if not step.run.any():
-            break
+            return axes, full, done, step
         done = done | step.run
-    shape = tuple(len(v) for v in axes.values())
-    seed = list(axes).index("seed") if "seed" in axes else None
-    got = np.where(done, full["phase"], step.phase).reshape(shape)
-    want = full["phase"].reshape(shape)
-    if seed is not None:
-        got, want = phases.majority(got, seed)[0], phases.majority(want, seed)[0]
+
+
+def _cells(axes: dict, lanes: np.ndarray, reduce) -> np.ndarray:
+    """Flat per-lane values as cells: the grid's shape, its seed axis (one seed
+    where there is none) reduced by ``reduce(values, axis)`` into a new array."""
+    shaped = lanes.reshape(tuple(len(v) for v in axes.values()))
+    return reduce(shaped, list(axes).index("seed")) if "seed" in axes else reduce(shaped[..., None], -1)
+
+
+def replay(ds, rule: Refinement) -> tuple[float, float]:
+    """The fraction of lanes refinement by ``rule`` runs on a full store (``ds``:
+    :func:`_final`) and the fraction of cells whose majority phase it gets right."""
+    axes, full, done, step = _rounds(ds, rule)
+    majority = lambda v, axis: phases.majority(v, axis)[0]  # noqa: E731
+    got = _cells(axes, np.where(done, full["phase"], step.phase), majority)
+    want = _cells(axes, full["phase"], majority)
     return float(done.mean()), float((got == want).mean())
 
 
-def _replays(root: str, names: list[str]) -> None:
+def where(ds, rule: Refinement) -> dict[str, float]:
+    """Where the cells that refinement by ``rule`` runs lie, as shares of all cells:
+    on the coarse lattice; at a boundary (a neighbour along a refined axis of another
+    majority phase, or seeds that disagree); elsewhere (the accuracy criterion,
+    guesses that failed). Also the boundary cells it infers."""
+    axes, full, done, _ = _rounds(ds, rule)
+    top = _cells(axes, full["phase"], lambda v, axis: phases.majority(v, axis)[0])
+    boundary = _cells(axes, full["phase"], lambda v, axis: phases.majority(v, axis)[1] < 1)
+    ran = _cells(axes, done, np.any)
+    lattice = np.ones(top.shape, bool)
+    for d, name in enumerate(a for a in axes if a != "seed"):
+        if name not in refine.refined_axes(axes):
+            continue
+        change = np.moveaxis(np.diff(top, axis=d) != 0, d, 0)
+        edge = np.moveaxis(boundary, d, 0)  # a view: marks both cells of each change
+        edge[:-1] |= change
+        edge[1:] |= change
+        on = np.zeros(top.shape[d], bool)
+        on[::2**rule.levels] = on[-1] = True
+        lattice &= np.expand_dims(on, [k for k in range(top.ndim) if k != d])
+    return {"run": ran.mean(), "lattice": (ran & lattice).mean(), "boundary": (ran & ~lattice & boundary).mean(),
+            "other": (ran & ~lattice & ~boundary).mean(), "boundary inferred": (~ran & boundary).mean()}
+
+
+def _replays(root: str, names: list[str], levels: int) -> None:
     print("\nreplayed: lanes run / cells equal")
-    settings = [(levels, accuracy) for levels in (1, 2, 3) for accuracy in (0.1, 0.2, 0.3, 1.0)]
+    settings = [(lv, accuracy) for lv in (1, 2, 3) for accuracy in (0.1, 0.2, 0.3, 1.0)]
     print("| grid | " + " | ".join(f"L={lv}, acc {a:g}" for lv, a in settings) + " |")
     print("|---|" + "---|" * len(settings))
-    for name in names:
-        ds = _final(os.path.join(root, name, "full"))
+    stores = {name: _final(os.path.join(root, name, "full")) for name in names}
+    for name, ds in stores.items():
         cells = [replay(ds, Refinement(lv, accuracy=a)) for lv, a in settings]
         print(f"| {name} | " + " | ".join(f"{f:.0%} / {e:.1%}" for f, e in cells) + " |", flush=True)
+    print(f"\nreplayed at L={levels}: where the cells run lie (shares of all cells)")
+    print("| grid | accuracy | run | lattice | boundary | other | boundary cells inferred |")
+    print("|---|---|---|---|---|---|---|")
+    for name, ds in stores.items():
+        for accuracy in (0.2, 0.3, 1.0):
+            shares = where(ds, Refinement(levels, accuracy=accuracy)).values()
+            print(f"| {name} | {accuracy:g} | " + " | ".join(f"{v:.0%}" for v in shares) + " |", flush=True)
 
 
 def main() -> None:
@@ -128,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.grids.split(",")
     if args.replay:
-        return _replays(args.replay, names)
+        return _replays(args.replay, names, args.levels)
     grok_jax.use_cpu_cores()
     print(f"refine={args.levels}, refine_accuracy={args.accuracy}")
     print("| grid | cells | lanes run | wall time (refined / full) | cells equal | cells differing | full run |")
@@ -143,7 +184,7 @@ def main() -> None:
             shape = "×".join(str(v) for v in a.shape)
             print(f"| {name} | {shape} | {float(refined.ran.mean()):.0%} | {t_ref / t_full:.2f} | "
                   f"{float((a == b).mean()):.1%} | {int((a != b).sum())} | {t_full:.0f} s |", flush=True)
-        _replays(tmp, names)
+        _replays(tmp, names, args.levels)
 
 
 if __name__ == "__main__":

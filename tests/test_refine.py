@@ -252,6 +252,8 @@ def test_a_refined_sweep_stopped_early_is_filled_in_training_each_lane_once(full
 
 
 def test_a_refined_store_resumed_with_another_setting_says_so(tmp_path):
+    """Resumed with the --refine flags it was refined with: nothing said; with
+    others (here the default accuracy): one line naming both."""
     out, said = str(tmp_path / "r"), []
     run_sweep(_grid(), out=out, refine=Refinement(levels=1, accuracy=0.2), **QUIET)
     run_sweep(_grid(), out=out, refine=Refinement(levels=1, accuracy=0.2), **(QUIET | {"log": said.append}))
