@@ -283,9 +283,12 @@ def dynamics(ds: xr.Dataset, rows: Sequence[str], suptitle: str, paths: Sequence
 
 def ipr_histograms(final: xr.DataArray, init: xr.DataArray, ds: xr.Dataset, bins: int, suptitle: str,
                    paths: Sequence[str]) -> list[str]:
-    """Per-neuron IPR histograms, one panel per lane: at init (grey) and final."""
+    """Per-neuron IPR histograms, one panel per lane: at init (grey) and final; a
+    row per value of the first of two swept axes left (e.g. a row per seed, a column
+    per wd), else one row."""
     lanes = lane_panels(ds)
-    fig, axs = _grid(1, len(lanes))
+    dims = [d for d in json.loads(ds.attrs["axes"]) if d in ds.dims]
+    fig, axs = _grid(*((ds.sizes[dims[0]], ds.sizes[dims[1]]) if len(dims) == 2 else (1, len(lanes))))
     edges = np.linspace(0, 1, bins + 1)
     for ax, (label, sel) in zip(axs.flat, lanes):
         f, i = final.isel(sel).values, init.isel(sel).values

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import matplotlib.image
 import numpy as np
 import pytest
 import xarray as xr
@@ -181,8 +182,8 @@ def test_paper_presets_use_the_papers_settings():
 
 
 def test_figure_7s_ipr_claim_averages_each_weight_decays_seeds(tmp_path):
-    """fig7_ipr at tiny scale with the paper scale's 3 seeds: one panel per lane, and
-    the claim's number is each wd's embedding IPR averaged over neurons and seeds,
+    """fig7_ipr at tiny scale with the paper scale's 3 seeds: one panel per lane, in
+    a row per seed and a column per wd (the PNG taller than wide, not 6 panels in a row), and the claim's number is each wd's embedding IPR averaged over neurons and seeds,
     recomputed here from the store."""
     from grok_jax.presets._architectures import with_paper_seeds
 
@@ -196,6 +197,8 @@ def test_figure_7s_ipr_claim_averages_each_weight_decays_seeds(tmp_path):
     per_wd = ds.sel(alpha=0.5, xi=0.0)["ipr_embed"].mean("embed").mean("seed").values
     (claim,) = record["claims"]
     assert len(record["summary"]["lanes"]) == 6  # 2 wd × 3 seeds
+    height, width = matplotlib.image.imread(str(tmp_path / "f" / "fig7_ipr_tiny.png")).shape[:2]
+    assert height > width  # 3 × 2 panels of 4.2 × 3.0 in; 1 × 6 or 2 × 3 would be wider
     assert claim["measured"] == f"{per_wd[0]:.3f} at wd 10, {per_wd[1]:.3f} at wd 50"
     assert claim["holds"] == bool(per_wd.max() <= 0.4 and per_wd[1] > per_wd[0])
 
