@@ -9,7 +9,8 @@ parameterization (the authors' s = 0, one AdamW) the trend shows from wd 1 to 10
 (α 0.5, seeds 0-2): wd 1 memorizes, wd 3 is Coexistence at ξ 0.1 and Memorization at
 ξ 0.3, wd 10 inverts at both (7 of 8 lanes Full Inversion), and the mean embedding
 IPR rises from 0.04-0.07 to 0.12-0.36. The paper-scale preset runs wd 3 and 10 with
-it and the paper's 3 seeds (``figures/README.md``, "Figure 7", has the numbers).
+it and the paper's 3 seeds; on a coarse sub-grid of it (α 0.3-0.7 × ξ 0-0.5, seed 0)
+its claim holds, 5 vs 9 cells (``figures/README.md``, "Figure 7", has the numbers).
 Quick (p 23, d 32, lr 0.002, 1500 steps): wd 1 and 3 with the default
 parameterization; the standard one does no better there (one Coexistence cell at
 wd 3 either way, Confusion from wd 5)."""
