@@ -225,12 +225,17 @@ ACCURACIES = (  # name, legend, color
 def lane_panels(ds: xr.Dataset) -> list[tuple[str, dict]]:
     """``(label, selection)`` of every lane of ``ds`` over the swept axes it still has
     (a selection may have dropped some), in grid order."""
-    dims = [d for d in json.loads(ds.attrs["axes"]) if d in ds.dims]
+    dims = _swept_dims(ds)
     out = []
     for combo in itertools.product(*(range(ds.sizes[d]) for d in dims)):
         sel = dict(zip(dims, combo))
         out.append((", ".join(f"{d}={_value(ds[d].values[i])}" for d, i in sel.items()), sel))
     return out or [("", {})]
+
+
+def _swept_dims(ds: xr.Dataset) -> list[str]:
+    """The swept axes ``ds`` still has (a selection may have dropped some), in grid order."""
+    return [d for d in json.loads(ds.attrs["axes"]) if d in ds.dims]
 
 
 def _grid(rows: int, cols: int, width: float = 4.2, height: float = 3.0):
@@ -287,7 +292,7 @@ def ipr_histograms(final: xr.DataArray, init: xr.DataArray, ds: xr.Dataset, bins
     row per value of the first of two swept axes left (e.g. a row per seed, a column
     per wd), else one row."""
     lanes = lane_panels(ds)
-    dims = [d for d in json.loads(ds.attrs["axes"]) if d in ds.dims]
+    dims = _swept_dims(ds)
     fig, axs = _grid(*((ds.sizes[dims[0]], ds.sizes[dims[1]]) if len(dims) == 2 else (1, len(lanes))))
     edges = np.linspace(0, 1, bins + 1)
     for ax, (label, sel) in zip(axs.flat, lanes):

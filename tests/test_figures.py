@@ -182,9 +182,10 @@ def test_paper_presets_use_the_papers_settings():
 
 
 def test_figure_7s_ipr_claim_averages_each_weight_decays_seeds(tmp_path):
-    """fig7_ipr at tiny scale with the paper scale's 3 seeds: one panel per lane, in
-    a row per seed and a column per wd (the PNG taller than wide, not 6 panels in a row), and the claim's number is each wd's embedding IPR averaged over neurons and seeds,
-    recomputed here from the store."""
+    """fig7_ipr at tiny scale with the paper scale's 3 seeds: one panel per lane, a
+    row per seed and a column per wd (the PNG taller than wide, not 6 panels in a
+    row), and the claim's number is each wd's embedding IPR averaged over neurons and
+    seeds, recomputed here from the store."""
     from grok_jax.presets._architectures import with_paper_seeds
 
     figure = figures.load_figure("fig7_ipr", "tiny")

@@ -5,7 +5,7 @@ had learned (quadratic activation, adaptive optimizer). At paper scale Figure 1'
 and ξ. The quick network (p 41, N 128, 1000 steps) forgets only where it groks
 before its weights shrink: at ξ 0.05, wd 17 it groks (test 97%), then ends at test
 3%, train 9%. At ξ 0.2 every wd that collapses it does so before grokking (wd 20:
-test never above 70%, Confusion by the paper's rule); see figures/README.md.
+test never above 12%, Confusion by the paper's rule); see figures/README.md.
 """
 
 from grok_jax.presets import Claim, figure_config, lane, pick, run_config
