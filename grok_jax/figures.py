@@ -30,7 +30,14 @@ import xarray as xr
 from grok_jax import analysis, phases, plotting, presets, results
 from grok_jax import config as cfg
 from grok_jax.analysis import plain
-from grok_jax.errors import ConfigError, StoreWriteError
+from grok_jax.errors import (
+    PREEMPTED_STATUS,
+    ConfigError,
+    PeerFailed,
+    Preempted,
+    StoreDamaged,
+    StoreWriteError,
+)
 
 PRESETS_DIR = os.path.dirname(os.path.abspath(presets.__file__))
 Datasets = dict[str, xr.Dataset]  # run name -> its results
@@ -460,8 +467,10 @@ def main(argv: list[str] | None = None) -> None:
             claims += record["claims"]
         except ConfigError as e:
             _fail(f"{name}: {e}")
-        except StoreWriteError as e:
+        except (StoreWriteError, StoreDamaged, PeerFailed) as e:
             _fail(f"{name}: {e}", status=1)
+        except Preempted as e:
+            _fail(f"{name}: {e}", status=PREEMPTED_STATUS)
         except OSError as e:
             _fail(f"{name}: cannot write the figure to {out.value}: {e.strerror or e}", status=1)
         except KeyboardInterrupt:

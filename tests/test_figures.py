@@ -3,6 +3,7 @@ against independent computations, presets, and bad input."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import xarray as xr
 
 import grok_jax
 from grok_jax import analysis, figures, phases, presets
-from grok_jax.errors import ConfigError
+from grok_jax.errors import PREEMPTED_STATUS, ConfigError, Preempted
 from grok_jax.models import mlp2
 from grok_jax.results import to_grid
 from grok_jax.train import stream_key
@@ -265,6 +266,33 @@ def test_bad_presets_are_named(tmp_path):
         with pytest.raises(ConfigError, match=None) as e:
             figures.load_figure(str(tmp_path / name), "tiny")
         assert needle in str(e.value), (name, str(e.value))
+
+
+def test_a_damaged_store_and_sigterm_are_one_line_errors(tiny_figures, tmp_path, capsys, monkeypatch):
+    """A damaged store: status 1, the lanes named, no traceback; SIGTERM (Preempted):
+    status 75, the message kept."""
+    _, res, _ = tiny_figures
+    shutil.copytree(res / "tiny" / "clean", tmp_path / "r" / "tiny" / "clean")  # fig2's run
+    chunk = next((tmp_path / "r" / "tiny" / "clean" / "results.zarr" / "test_acc" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    args = ["--figure=fig2", "--scale=tiny", f"--out={tmp_path / 'o'}", f"--results={tmp_path / 'r'}"]
+    with pytest.raises(SystemExit) as exit_:
+        figures.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.count("\n") == 1, err
+    assert err.startswith("error: fig2: ") and "'test_acc'" in err and "cannot be read" in err, err
+
+    def preempted(*_):
+        raise Preempted("stopped by SIGTERM at step 20 of a chunk, which is checkpointed")
+
+    monkeypatch.setattr(figures, "run_figure", preempted)
+    with pytest.raises(SystemExit) as exit_:
+        figures.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == PREEMPTED_STATUS and err == "error: fig2: stopped by SIGTERM at step 20 of a chunk, " \
+        "which is checkpointed\n", err
 
 
 def test_list_names_every_figure(capsys):
