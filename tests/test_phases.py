@@ -1,9 +1,13 @@
 """Phase classification (Doshi et al., arXiv:2310.13061, App. C, Table 2) on hand-made accuracy tables."""
 
+import contextlib
+import io
+
 import numpy as np
 import pytest
 
-from grok_jax import phases
+import grok_jax
+from grok_jax import phases, plotting
 from grok_jax.phases import (COEXISTENCE, CONFUSION, DIVERGED, FORGETTING, FULL, MEMORIZATION,
                              PARTIAL, classify, classify_log, majority)
 
@@ -179,15 +183,18 @@ def test_lr_1e4_without_weight_decay_is_diverged():
 
 
 @pytest.fixture(scope="module")
-def ce_high_wd():
-    """The tiny grid as ``python -m grok_jax.sweep --grid=tiny --config.loss=ce
-    --config.sweep.wd="(50.0,100.0)"`` runs it: 2 wd × 2 ξ × 2 seeds."""
-    from grok_jax.config import load_config
-    from grok_jax.execution import run_sweep
+def ce_high_wd(tmp_path_factory):
+    """``python -m grok_jax.sweep --grid=tiny --config.loss=ce
+    --config.sweep.wd="(50.0,100.0)"`` (2 wd × 2 ξ × 2 seeds), run through the command
+    line in this process: (its store, what it printed)."""
+    from grok_jax import sweep
 
-    config = load_config("tiny")
-    config.loss, config.sweep.wd = "ce", (50.0, 100.0)
-    return run_sweep(config, progress=False, log=lambda s: None)
+    out = tmp_path_factory.mktemp("ce_high_wd")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        sweep.main(["--grid=tiny", "--config.loss=ce", "--config.sweep.wd=(50.0,100.0)", f"--out={out}",
+                    "--compilation_cache="])
+    return grok_jax.load_results(str(out)), printed.getvalue()
 
 
 def test_weights_that_collapse_without_learning_are_confusion(ce_high_wd):
@@ -196,16 +203,17 @@ def test_weights_that_collapse_without_learning_are_confusion(ce_high_wd):
     logged steps): Confusion, as the paper finds with cross-entropy beyond the
     Inversion band (App. M). The weight-norm clause of the old rule called all four
     cells Forgetting."""
-    ds = ce_high_wd
+    ds, printed = ce_high_wd
     norm = ds.weight_norm.values
     assert (norm[..., -1] < 0.5 * norm[..., 0]).all()
     assert float(ds.test_acc.max()) < 0.2 and float(ds.train_acc.max()) < 0.35
     assert float(ds.peak_train_acc.max()) < 0.9  # at no step either
     assert (ds.phase == CONFUSION).all() and (ds.phase_majority == CONFUSION).all()
+    assert plotting.phase_table(ds) in printed  # what the command prints
 
 
 def test_the_sweep_stores_the_peaks(ce_high_wd):
-    ds = ce_high_wd
+    ds, _ = ce_high_wd
     for name in phases.SUMMARY:
         assert ds[name].dims == ds.phase.dims and ds[name].dtype == np.float32, name
     np.testing.assert_array_equal(ds.peak_test_acc, ds.test_acc.max("step"))
