@@ -1,6 +1,6 @@
 """Figure 3 (left): phase diagrams over α × ξ, one panel per weight decay (0, 5, 15, 20).
 
-The quick network (p 41, N 128) forgets from wd 14 on (see the ``wd_xi`` grid): its
+The quick network (p 41, N 128) forgets only from wd 15 on, at small ξ (``appE``): its
 panels are wd 0, 4, 8, 12, where its Coexistence and Inversion phases are.
 """
 
@@ -42,5 +42,5 @@ def claims(scale: str):
               why="Partial or Full Inversion cells counted; wd 0 has none in the paper's panel"),
         Claim(f"Fig. 3: too much weight decay ends in Forgetting (cells at wd {most:g})", forgetting,
               scales=("paper",), why="at least one Forgetting cell; quick panels stop at wd 12, before the "
-                                     "quick network forgets (from wd 14), so only the paper's wd 20 is expected"),
+                                     "quick network forgets (from wd 15), so only the paper's wd 20 is expected"),
     )
