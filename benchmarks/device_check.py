@@ -68,6 +68,7 @@ def accelerator(args, work: str) -> dict:
     import jax
 
     from grok_jax import figures
+    from grok_jax.execution import Options
 
     if jax.default_backend() == "cpu" and args.scale == "paper":
         sys.stderr.write("device_check: JAX's default backend is the CPU (jax without its CUDA or TPU plugin?); "
@@ -81,7 +82,7 @@ def accelerator(args, work: str) -> dict:
 
     start = time.perf_counter()
     paths = figures.run_figure("fig3_wd", _figure(args.scale), args.scale, args.out, os.path.join(work, "results"),
-                               memory_gb=memory, log=log)
+                               Options(memory, log=log))
     seconds = time.perf_counter() - start
     with open(paths[-1]) as f:
         record = json.load(f)

@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
@@ -38,6 +38,9 @@ from grok_jax.errors import (
     StoreDamaged,
     StoreWriteError,
 )
+
+if TYPE_CHECKING:
+    from grok_jax.execution import Options
 
 PRESETS_DIR = os.path.dirname(os.path.abspath(presets.__file__))
 Datasets = dict[str, xr.Dataset]  # run name -> its results
@@ -247,8 +250,9 @@ def output_stem(out: str, name: str, scale: str) -> str:
 
 
 def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: str, results_dir: str,
-               memory_gb: float = 4.0, log: Callable[[str], None] = print) -> list[str]:
-    """Runs (or reuses) the figure's sweeps, draws it and writes
+               options: Options | None = None) -> list[str]:
+    """Runs (or reuses) the figure's sweeps with ``options`` (memory budget,
+    ``repair``, ``log``; default ``Options()``), draws it and writes
     ``output_stem(...)`` ``.png``, ``.pdf`` and ``.json`` (its numbers), and each
     run's interactive report beside its store (:mod:`grok_jax.report`). Returns the
     paths, the JSON last."""
@@ -257,12 +261,13 @@ def run_figure(name: str, figure: ml_collections.ConfigDict, scale: str, out: st
 
     start = time.perf_counter()
     renderer = RENDERERS[figure.renderer]
+    options = (options or Options())._replace(parameters=renderer.parameters)
     datasets, stores, existed = {}, {}, {}
     for run, grid in figure.runs.items():
         stores[run] = os.path.join(results_dir, scale, run)
         existed[run] = os.path.exists(results.store_path(stores[run]))
-        log(f"{name}: run {run!r} -> {stores[run]}")
-        datasets[run] = sweep(grid, stores[run], Options(memory_gb, log=log, parameters=renderer.parameters))
+        options.log(f"{name}: run {run!r} -> {stores[run]}")
+        datasets[run] = sweep(grid, stores[run], options)
     os.makedirs(out, exist_ok=True)
     stem = output_stem(out, name, scale)
     head = f"{os.path.basename(stem)} ({scale} scale)"
@@ -400,7 +405,9 @@ def _listing(scale: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m grok_jax.figures [flags]``: exit status 2 on bad input (before
-    anything runs), 1 when a store or figure cannot be written, 130 on Ctrl-C."""
+    anything runs), 1 when a store or figure cannot be written or a store is damaged
+    (``--repair`` recomputes its damaged chunks' lanes), 75 when stopped by SIGTERM
+    (checkpointed: run it again), 130 on Ctrl-C."""
     from absl import flags
 
     from grok_jax.cli import fail as _fail
@@ -418,6 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     out = flags.DEFINE_string("out", "figures", "directory of the figures (PNG, PDF, JSON)", flag_values=fv)
     results_dir = flags.DEFINE_string("results", os.path.join("results", "figures"), "directory of the runs' "
                                       "results stores (<results>/<scale>/<run>), reused when present", flag_values=fv)
+    repair = flags.DEFINE_bool("repair", False, "recompute the lanes of the runs' stores' damaged chunks (named "
+                               "by the error that reports them)", flag_values=fv)
     memory = flags.DEFINE_float("memory_gb", 4.0, "memory budget per device for a chunk of lanes, GiB",
                                 flag_values=fv)
     cache = flags.DEFINE_string("compilation_cache", default_cache_dir(), "persistent compilation cache "
@@ -451,11 +460,14 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, flags.Error) as e:
         _fail(e)
     start(cache.value, cache.present)
+    from grok_jax.execution import Options  # jax: once the input is checked
+
     claims: list[dict] = []  # a claim that fails is a finding, not an error: the exit status stays 0
     for name, config in figures.items():
         try:
             start = time.perf_counter()
-            paths = run_figure(name, config, scale.value, out.value, results_dir.value, memory.value)
+            paths = run_figure(name, config, scale.value, out.value, results_dir.value,
+                               Options(memory.value, repair=repair.value))
             print(f"{name}: wrote {', '.join(paths)} ({time.perf_counter() - start:.0f} s)")
             with open(paths[-1]) as f:
                 record = json.load(f)

@@ -502,8 +502,8 @@ def readable(path: str) -> Iterator[None]:
         name, lo, hi, why = bad[0]
         more = f" (and {len(bad) - 1} more chunk(s))" if len(bad) > 1 else ""
         raise StoreDamaged(f"{path}: variable {name!r}, lanes {lo}-{hi - 1}, cannot be read ({why}){more}; run "
-                           "the sweep again with --repair to recompute the lanes of damaged chunks, or with "
-                           "--overwrite to start over") from e
+                           "the same command again with --repair to recompute the lanes of damaged chunks (the "
+                           "sweep: or with --overwrite to start over)") from e
 
 
 def damaged_chunks(path: str) -> list[tuple[str, int, int, str]]:

@@ -15,6 +15,7 @@ import xarray as xr
 import grok_jax
 from grok_jax import analysis, figures, phases, presets
 from grok_jax.errors import PREEMPTED_STATUS, ConfigError, Preempted
+from grok_jax.execution import Options
 from grok_jax.models import mlp2
 from grok_jax.results import to_grid
 from grok_jax.train import stream_key
@@ -193,7 +194,7 @@ def test_figure_7s_ipr_claim_averages_each_weight_decays_seeds(tmp_path):
     with_paper_seeds(figure.runs.transformer, "paper")
     stores = tmp_path / "r"
     with open(figures.run_figure("fig7_ipr", figure, "tiny", str(tmp_path / "f"), str(stores),
-                                 log=lambda s: None)[-1]) as f:
+                                 Options(log=lambda s: None))[-1]) as f:
         record = json.load(f)
     ds = grok_jax.load_results(str(stores / "tiny" / "transformer"))
     per_wd = ds.sel(alpha=0.5, xi=0.0)["ipr_embed"].mean("embed").mean("seed").values
@@ -269,8 +270,9 @@ def test_bad_presets_are_named(tmp_path):
 
 
 def test_a_damaged_store_and_sigterm_are_one_line_errors(tiny_figures, tmp_path, capsys, monkeypatch):
-    """A damaged store: status 1, the lanes named, no traceback; SIGTERM (Preempted):
-    status 75, the message kept."""
+    """A damaged store: status 1, the lanes named, no traceback; ``--repair``
+    recomputes them, equal to the undamaged store. SIGTERM (Preempted): status 75, the
+    message kept."""
     _, res, _ = tiny_figures
     shutil.copytree(res / "tiny" / "clean", tmp_path / "r" / "tiny" / "clean")  # fig2's run
     chunk = next((tmp_path / "r" / "tiny" / "clean" / "results.zarr" / "test_acc" / "c").rglob("*"))
@@ -283,6 +285,11 @@ def test_a_damaged_store_and_sigterm_are_one_line_errors(tiny_figures, tmp_path,
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.count("\n") == 1, err
     assert err.startswith("error: fig2: ") and "'test_acc'" in err and "cannot be read" in err, err
+    figures.main([*args, "--repair"])
+    assert "'test_acc' lanes" in capsys.readouterr().out
+    repaired, before = (grok_jax.load_results(str(root / "tiny" / "clean")) for root in (tmp_path / "r", res))
+    xr.testing.assert_identical(repaired.drop_attrs(), before.drop_attrs())  # every lane bit for bit
+    assert {**repaired.attrs, "runs": None} == {**before.attrs, "runs": None}  # runs: one run more
 
     def preempted(*_):
         raise Preempted("stopped by SIGTERM at step 20 of a chunk, which is checkpointed")
