@@ -19,5 +19,6 @@ def get_config(scale: str = "quick"):
 
     config.claims = (Claim(f"Fig. 3: dropout, like weight decay, gives Inversion (none at dropout 0, some at "
                            f"{rate:g})", inversion, why="Partial or Full Inversion cells counted on the same "
-                                                         "α × ξ grid"),)
+                                                         "α × ξ grid: none without dropout (as in the paper's "
+                                                         "panel), at least one with it (the paper gives no count)"),)
     return config

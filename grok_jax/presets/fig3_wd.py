@@ -37,7 +37,8 @@ def claims(scale: str):
 
     return (
         Claim(f"Fig. 3: weight decay shrinks Memorization (fewer cells at wd {some:g} than at wd 0)",
-              fewer_memorization, why="strictly fewer Memorization cells on the same α × ξ grid"),
+              fewer_memorization, why="strictly fewer Memorization cells on the same α × ξ grid: the paper "
+                                      "states a direction, not a size"),
         Claim(f"Fig. 3: Inversion needs weight decay (none at wd 0, some at wd {more:g})", inversion,
               why="Partial or Full Inversion cells counted; wd 0 has none in the paper's panel"),
         Claim(f"Fig. 3: too much weight decay ends in Forgetting (cells at wd {most:g})", forgetting,
