@@ -30,14 +30,7 @@ import xarray as xr
 from grok_jax import analysis, phases, plotting, presets, results
 from grok_jax import config as cfg
 from grok_jax.analysis import plain
-from grok_jax.errors import (
-    PREEMPTED_STATUS,
-    ConfigError,
-    PeerFailed,
-    Preempted,
-    StoreDamaged,
-    StoreWriteError,
-)
+from grok_jax.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from grok_jax.execution import Options
@@ -479,10 +472,8 @@ def main(argv: list[str] | None = None) -> None:
             claims += record["claims"]
         except ConfigError as e:
             _fail(f"{name}: {e}")
-        except (StoreWriteError, StoreDamaged, PeerFailed) as e:
-            _fail(f"{name}: {e}", status=1)
-        except Preempted as e:
-            _fail(f"{name}: {e}", status=PREEMPTED_STATUS)
+        except RunError as e:
+            _fail(f"{name}: {e}", status=e.status)
         except OSError as e:
             _fail(f"{name}: cannot write the figure to {out.value}: {e.strerror or e}", status=1)
         except KeyboardInterrupt:

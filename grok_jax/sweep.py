@@ -17,7 +17,7 @@ from grok_jax import config as cfg
 from grok_jax import refine, results
 from grok_jax.cli import Hosts, check_hosts, start
 from grok_jax.cli import fail as _fail
-from grok_jax.errors import PREEMPTED_STATUS, ConfigError, PeerFailed, Preempted, StoreDamaged, StoreWriteError
+from grok_jax.errors import ConfigError, RunError
 from grok_jax.execution import Options, check_checkpointing, run_sweep, sweep
 from grok_jax.plan import check_fits, check_resources
 from grok_jax.programs import default_cache_dir
@@ -151,10 +151,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {write_report(ds, target)}")
     except ConfigError as e:
         _fail(e)
-    except (StoreWriteError, StoreDamaged, PeerFailed) as e:
-        _fail(e, status=1)
-    except Preempted as e:
-        _fail(e, status=PREEMPTED_STATUS)
+    except RunError as e:
+        _fail(e, status=e.status)
     except OSError as e:  # the figures (the store's own errors are StoreWriteErrors)
         _fail(f"cannot write the figures to {target}: {e.strerror or e}; the results are complete in {store}",
               status=1)
