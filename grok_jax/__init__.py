@@ -1,9 +1,13 @@
 """grok_jax: phase diagrams of memorization vs generalization, one jitted pass per grid.
 
     >>> import grok_jax
-    >>> grok_jax.use_cpu_cores()                          # optional, before other JAX work
-    >>> ds = grok_jax.run_sweep(grok_jax.load_config("wd_xi"))
-    >>> ds = grok_jax.load_results("results/wd_xi")      # an xarray.Dataset
+    >>> grok_jax.use_cpu_cores()     # optional, before other JAX work  # doctest: +SKIP
+    True
+    >>> ds = grok_jax.run_sweep(grok_jax.load_config("tiny"), out="results/tiny", progress=False)
+    grid seed[2] × wd[2] × xi[2] = 8 lanes; p=11 width=32 steps=60; ...
+    >>> ds = grok_jax.load_results("results/tiny")       # an xarray.Dataset
+    >>> dict(ds.test_acc.sizes)
+    {'seed': 2, 'wd': 2, 'xi': 2, 'step': 4}
 
 Importing grok_jax does not configure JAX; the command line splits a CPU into one
 device per core (:func:`use_cpu_cores`) and turns on the persistent compilation

@@ -4,8 +4,14 @@ against IPR, prunable neurons, and per-lane summaries.
 Everything here reads a dataset of :func:`grok_jax.load_results` (or the curves of
 :func:`grok_jax.pruning.prune`) and returns labeled arrays over its dims:
 
-    >>> ds = grok_jax.load_results("results/figures/quick/noisy")
-    >>> init = grok_jax.analysis.initial_ipr(ds)        # like ds.ipr_hidden, at step 0
+    >>> import grok_jax
+    >>> from grok_jax import analysis
+    >>> _ = grok_jax.run_sweep(grok_jax.load_config("tiny"), out="results/tiny", progress=False)
+    grid ...
+    >>> ds = grok_jax.load_results("results/tiny")
+    >>> init = analysis.initial_ipr(ds)                 # like ds.ipr_hidden, at step 0
+    >>> init.dims == ds.ipr_hidden.dims
+    True
 """
 
 from __future__ import annotations

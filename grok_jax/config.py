@@ -61,7 +61,8 @@ def base_config(scale: str = "small", model: str = "mlp2") -> ml_collections.Con
 
     Example:
       >>> c = base_config("paper", model="transformer")
-      >>> c.width, c.lr, c.steps                           # (128, 0.001, 3000)
+      >>> c.width, c.lr, c.steps
+      (128, 0.001, 3000)
     """
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
@@ -172,7 +173,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       >>> config = load_config("tiny"); config.b2 = 1.0
       >>> check_config(config)
       Traceback (most recent call last):
-      ConfigError: b2=1.0 is outside [0, 1)
+      grok_jax.errors.ConfigError: b2=1.0 is outside [0, 1)
     """
     known = tuple(base_config())
     for name in config:
@@ -374,9 +375,10 @@ def static_groups(config: ml_collections.ConfigDict) -> list[tuple[dict, ml_coll
     that option (``config.mlp2.activation``).
 
     Example:
-      >>> config.sweep.width = (64, 128)
+      >>> config = load_config("tiny")
+      >>> config.sweep.width = (16, 32)
       >>> [values for values, _ in static_groups(config)]
-      [{'width': 64}, {'width': 128}]
+      [{'width': 16}, {'width': 32}]
     """
     statics, axes, models = static_axes(), model_axes(), axis_values(config, "model")
     swept = [name for name in config.sweep if name in statics]
@@ -405,7 +407,8 @@ def scale_for_batch(config: ml_collections.ConfigDict, batch_size: int, referenc
 
     Example:
       >>> c = scale_for_batch(load_config("wd_xi"), 64)   # 1000 steps at lr 0.01 ->
-      >>> c.batch_size, c.steps, c.lr                      # (64, 4000, 0.005)
+      >>> c.batch_size, c.steps, c.lr
+      (64, 4000, 0.005)
     """
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ConfigError(f"batch_size={batch_size!r} must be an integer >= 1 to scale for")

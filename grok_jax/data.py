@@ -71,7 +71,10 @@ def training_rows(ds: Dataset, n_max: int, row_blocks: int = 1) -> Rows:
     are neither training nor test pairs (pair 0, label 0).
 
     Example:
-      >>> rows = training_rows(ds, n_max=80, row_blocks=3)   # rows.m.shape == (3, 27)
+      >>> ds = make_dataset(jax.random.key(0), jax.random.key(1), 60, 6,
+      ...                   task="add", p=11, n_max=80)
+      >>> training_rows(ds, n_max=80, row_blocks=3).m.shape
+      (3, 27)
     """
     pair = ds.order[:n_max]
     rows = Rows(ds.m, ds.n, ds.label, ds.true_label, ds.train, ds.corrupt, ds.test[pair], pair)
@@ -86,6 +89,8 @@ def held_out_rows(ds: Dataset, n_max: int, task: str, p: int) -> Rows:
     all of them test pairs (with :func:`training_rows`, every pair once).
 
     Example:
+      >>> ds = make_dataset(jax.random.key(0), jax.random.key(1), 60, 6,
+      ...                   task="add", p=11, n_max=80)
       >>> held_out_rows(ds, n_max=80, task="add", p=11).m.shape
       (41,)
     """
@@ -221,8 +226,11 @@ def batch_rows(rows: Rows, order: jax.Array, index: jax.Array, batch_size: int, 
     out (``train`` False), so that every batch is a fixed-shape array of ``B`` rows.
 
     Example:
-      >>> batch = batch_rows(training_rows(ds, n_max), order, 3, 64, n_train)
-      >>> int(batch.train.sum())   # 64, or fewer in the epoch's last batch
+      >>> ds = make_dataset(jax.random.key(0), jax.random.key(1), 60, 6,
+      ...                   task="add", p=11, n_max=80)
+      >>> order = epoch_order(jax.random.key(2), n_train=60, n_max=80, total=121)
+      >>> [int(batch_rows(training_rows(ds, 80), order, i, 16, 60).train.sum()) for i in range(4)]
+      [16, 16, 16, 12]
     """
     slot = index * batch_size + jnp.arange(batch_size)
     valid = slot < n_train

@@ -92,8 +92,13 @@ def run_sweep(config: ml_collections.ConfigDict, out: str | None = None, options
     not run yet.
 
     Example:
-      >>> ds = run_sweep(load_config("wd_xi"), out="results/wd_xi", progress=False)
-      >>> ds.phase.to_pandas()                   # wd × xi table of phase codes
+      >>> ds = run_sweep(cfg.load_config("tiny"), out="results/tiny", progress=False)
+      grid seed[2] × wd[2] × xi[2] = 8 lanes; p=11 width=32 steps=60; 1 compile group(s) ...
+      >>> ds.phase.dims                          # phase codes of every run
+      ('seed', 'wd', 'xi')
+      >>> again = run_sweep(cfg.load_config("tiny"), out="results/tiny", progress=False)
+      resuming results/tiny/results.zarr in its stored plan: 8 of 8 lanes done
+      ...
     """
     options = (options or Options())._replace(**fields)
     cfg.check_config(config)  # the API's entry point; the command line checks before it calls sweep

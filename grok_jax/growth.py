@@ -46,8 +46,16 @@ def compare(stored: dict, axes: dict[str, tuple], config: ml_collections.ConfigD
     ``ConfigError`` naming the first field that would change stored lanes.
 
     Example:
-      >>> compare(json.loads(ds.attrs["config"]), plan.axes, config_with_one_more_seed, path).grows
+      >>> from grok_jax.plan import make_plan
+      >>> config = cfg.load_config("tiny")
+      >>> stored, axes = json.loads(config.to_json()), make_plan(config).axes
+      >>> config.sweep.seed = (0, 1, 2)                    # one more seed
+      >>> compare(stored, axes, config, "results/tiny").grows
       True
+      >>> config.lr = 0.02                                  # would change the stored lanes
+      >>> compare(stored, axes, config, "results/tiny")
+      Traceback (most recent call last):
+      grok_jax.errors.ConfigError: results/tiny holds results of another config (lr=0.01 there, 0.02 now); ...
     """
     new = json.loads(config.to_json())
     old_sweep = {name: list(values) for name, values in axes.items()}

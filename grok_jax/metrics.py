@@ -93,7 +93,13 @@ def row_sums(logits: jax.Array, rows: Rows, loss: str) -> dict[str, jax.Array]:
     row sets add up (``jax.tree.map(jnp.add, ...)``).
 
     Example:
-      >>> sums = row_sums(logits, training_rows(ds, n_max), "mse")
+      >>> from grok_jax.data import make_dataset, training_rows
+      >>> ds = make_dataset(jax.random.key(0), jax.random.key(1), 60, 6,
+      ...                   task="add", p=11, n_max=80)
+      >>> rows = training_rows(ds, n_max=80)      # 60 training rows (6 corrupted), 20 test pairs
+      >>> sums = row_sums(jax.nn.one_hot(rows.true_label, 11), rows, "mse")  # every true label
+      >>> int(sums["inversion_acc"]), int(sums["test_acc"])
+      (6, 20)
     """
     hit, hit_true = correct(logits, rows.label), correct(logits, rows.true_label)
     terms = loss_terms(logits, rows.label, loss)  # a test pair's label is its true label

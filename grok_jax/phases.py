@@ -150,8 +150,13 @@ def summarize(log: dict[str, np.ndarray], xi: np.ndarray, steps: np.ndarray
       steps: the logged steps, ``(n_log,)``.
 
     Example:
-      >>> phase, extra = summarize(out_log, plan.xi[lanes], steps)
-      >>> out_final.update(extra)                     # beside peak_train_acc of the run
+      >>> steps = np.array([0, 1000, 2000])
+      >>> log = {"train_acc": np.array([[0.01, 1.0, 1.0]]), "test_acc": np.array([[0.01, 0.95, 0.99]]),
+      ...        "corrupt_acc": np.array([[0.0, 1.0, 1.0]]), "clean_acc": np.array([[0.01, 1.0, 1.0]]),
+      ...        "train_loss": np.ones((1, 3)), "test_loss": np.ones((1, 3)), "weight_norm": np.ones((1, 3))}
+      >>> phase, extra = summarize(log, np.array([0.2]), steps)  # one lane at ξ 0.2
+      >>> PHASES[phase[0]], extra["grok_step"].tolist()
+      ('Coexistence', [1000.0])
     """
     phase = classify_log(log, xi)
     extra = {

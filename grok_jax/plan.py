@@ -118,7 +118,10 @@ class Plan(NamedTuple):
         others re-cut into chunks of the same shapes, so that no lane trains twice.
 
         Example:
-          >>> [c.real.tolist() for c in plan.share(1, 2, np.ones(8, bool))]  # 8 lanes, 2 devices, blocks of 2
+          >>> plan = make_plan(cfg.load_config("tiny"), Resources(n_devices=2, lanes_per_device=1))
+          >>> plan.n_lanes, plan.store_chunk                   # 8 lanes in blocks of 2
+          (8, 2)
+          >>> [c.real.tolist() for c in plan.share(1, 2, np.ones(8, bool))]  # process 1 of 2
           [[2, 3], [6, 7]]
         """
         owner = (np.arange(self.n_lanes) // self.store_chunk) % count
@@ -180,7 +183,7 @@ def make_plan(config: ml_collections.ConfigDict, resources: Resources = Resource
     count and as equal as possible; every chunk with its layout.
 
     Example:
-      >>> plan = make_plan(load_config("wd_xi"), Resources(n_devices=2))
+      >>> plan = make_plan(cfg.load_config("wd_xi"), Resources(n_devices=2))
       >>> plan.n_lanes, len(plan.chunks)
       (90, 45)
     """
@@ -245,7 +248,10 @@ def device_calls(chunk: Chunk, n_devices: int) -> list[Chunk]:
     numbers do not depend on the other lanes of its call.
 
     Example:
-      >>> [c.real.tolist() for c in device_calls(chunk_of_8_lanes_2_per_device, 2)]
+      >>> plan = make_plan(cfg.load_config("tiny"), Resources(n_devices=4, lanes_per_device=2))
+      >>> [c.real.tolist() for c in plan.chunks]          # one chunk: 2 lanes on each of 4 devices
+      [[0, 1, 2, 3, 4, 5, 6, 7]]
+      >>> [c.real.tolist() for c in device_calls(plan.chunks[0], 2)]   # resumed on 2 devices
       [[0, 1, 2, 3], [4, 5, 6, 7]]
     """
     per_device = chunk.layout.lanes_per_device

@@ -74,8 +74,17 @@ def program(part: tuple, static: ml_collections.FrozenConfigDict, n_max: int, n_
     state and the first block where the part takes them).
 
     Example:
-      >>> fn = program(("train",), static, n_max, n_min, layout, mesh, lanes).fn
+      >>> import numpy as np
+      >>> from grok_jax.plan import Resources, make_plan
+      >>> config = cfg.load_config("tiny")
+      >>> chunk = make_plan(config, Resources(lanes_per_device=8)).chunks[0]   # all 8 lanes
+      >>> lanes = jax.tree.map(lambda a: a[chunk.lanes], make_plan(config).lanes)
+      >>> mesh = Mesh(np.asarray(jax.devices()[:1]), ("lanes",))
+      >>> fn = program(("train",), cfg.static_config(config), chunk.n_max, chunk.n_min, chunk.layout,
+      ...              mesh, lanes).fn
       >>> log, final = fn(lanes)
+      >>> log["test_acc"].shape                 # (lanes, logged steps)
+      (8, 4)
     """
     n_min = n_min if static.batch_size else 1  # only mini-batches use it
     key = ProgramKey(static, n_max, len(args[0].seed), tuple(mesh.devices.flat), layout, n_min, part)

@@ -6,8 +6,13 @@ first, highest IPR first, and, as a control, in random orders. Every pruning cou
 of every lane is evaluated in eval mode over all pairs by one compiled program per
 static group (``vmap`` over lanes, ``lax.map`` over the counts):
 
-    >>> curves = grok_jax.pruning.prune("results/fig6", random=5)
-    >>> curves.test_acc.sel(order="low").plot(x="fraction")
+    >>> import grok_jax
+    >>> _ = grok_jax.run_sweep(grok_jax.load_config("tiny"), out="results/tiny", progress=False)
+    grid ...
+    >>> curves = grok_jax.pruning.prune("results/tiny", random=2)
+    >>> curves.order.values.tolist()
+    ['low', 'high', 'random 0', 'random 1']
+    >>> lines = curves.test_acc.sel(order="low").mean("seed").plot.line(x="fraction", col="wd")
 """
 
 from __future__ import annotations

@@ -4,8 +4,13 @@ On disk every per-run variable has a flat ``lane`` dimension (lanes in C order o
 the grid); the whole config (JSON), the swept axes and their values are in the
 attributes. :func:`load_results` reshapes ``lane`` into the swept axes:
 
-    >>> ds = grok_jax.load_results("results/wd_xi")   # dims: wd, xi, step, hidden, ...
-    >>> ds.test_acc.isel(step=-1).to_pandas()
+    >>> import grok_jax
+    >>> _ = grok_jax.run_sweep(grok_jax.load_config("tiny"), out="results/tiny", progress=False)
+    grid ...
+    >>> ds = grok_jax.load_results("results/tiny")
+    >>> ds.test_acc.dims, ds.ipr_hidden.dims
+    (('seed', 'wd', 'xi', 'step'), ('seed', 'wd', 'xi', 'hidden'))
+    >>> table = ds.test_acc.isel(step=-1).mean("seed").to_pandas()   # wd × ξ
 
 Variables: the logged metrics over ``step``; the final per-neuron IPR
 ``ipr_<group>`` over the group's neurons (dim ``<group>``, e.g. ``hidden``); the

@@ -96,9 +96,17 @@ def make_gradient(config: Any, model: Model, row_blocks: int = 1
     rows are coupled in train mode (BatchNorm) needs ``row_blocks == 1``.
 
     Example:
+      >>> from grok_jax.config import load_config, static_config
+      >>> config = static_config(load_config("tiny"))
+      >>> model = get_model(config)
+      >>> variables = model.init(jax.random.key(0))
+      >>> ds = make_dataset(jax.random.key(1), jax.random.key(2), 72, 0, task="add", p=11, n_max=72)
       >>> gradient = make_gradient(config, model, row_blocks=4)
-      >>> rows = training_rows(ds, n_max, row_blocks=4)
-      >>> grads, (sums, state) = gradient(variables, rows, jnp.sum(ds.train), 0.0, key)
+      >>> grads, (sums, state) = gradient(variables, training_rows(ds, 72, row_blocks=4), 72, 0.0,
+      ...                                 jax.random.key(3))
+      >>> whole, _ = make_gradient(config, model)(variables, training_rows(ds, 72), 72, 0.0, jax.random.key(3))
+      >>> all(jnp.allclose(a, b, atol=1e-6) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(whole)))
+      True
     """
     if row_blocks < 1 or (model.batch_coupled and row_blocks > 1):
         raise ValueError(f"row_blocks={row_blocks}: must be >= 1, and 1 for a model with batch statistics")
@@ -158,9 +166,14 @@ def make_train(config: Any, n_max: int, row_blocks: int = 1, columns: int | None
     whole run of :func:`make_run` in one function.
 
     Example:
-      >>> train = make_train(config, n_max=60)
-      >>> lanes = Lane(seed=jnp.arange(4), ...)            # one entry per run
-      >>> log, final = jax.jit(jax.vmap(train))(lanes)     # log["test_acc"]: (4, n_log)
+      >>> from grok_jax.config import load_config, static_config
+      >>> from grok_jax.plan import make_plan
+      >>> config = load_config("tiny")         # 8 runs: 2 wd × 2 ξ × 2 seeds, 72 training pairs
+      >>> lanes = make_plan(config).lanes      # one entry per run
+      >>> train = make_train(static_config(config), n_max=72)
+      >>> log, final = jax.jit(jax.vmap(train))(lanes)
+      >>> log["test_acc"].shape                # runs × logged steps 0, 20, 40, 60
+      (8, 4)
     """
     run = make_run(config, n_max, row_blocks, columns, n_min)
     return lambda lane: run.finish(lane, run.advance(lane, run.start(lane), jnp.int32(0), run.n_logs))
@@ -205,11 +218,19 @@ def make_run(config: Any, n_max: int, row_blocks: int = 1, columns: int | None =
     however the run is cut into ``advance`` calls.
 
     Example:
-      >>> run = make_run(config, n_max=60)
-      >>> state = run.start(lane)
-      >>> state = run.advance(lane, state, jnp.int32(0), 10)     # logged blocks 0-9
-      >>> state = run.advance(lane, state, jnp.int32(10), run.n_logs - 10)
+      >>> from grok_jax.config import load_config, static_config
+      >>> from grok_jax.plan import make_plan
+      >>> config = load_config("tiny")         # 8 runs: 2 wd × 2 ξ × 2 seeds, 72 training pairs
+      >>> lanes = make_plan(config).lanes      # one entry per run
+      >>> lane = jax.tree.map(lambda a: a[0], lanes)
+      >>> run = make_run(static_config(config), n_max=72)
+      >>> advance = jax.jit(run.advance, static_argnums=3)
+      >>> state = advance(lane, run.start(lane), jnp.int32(0), 1)   # logged block 0: steps 1-20
+      >>> state = advance(lane, state, jnp.int32(1), run.n_logs - 1)
       >>> log, final = run.finish(lane, state)
+      >>> whole, _ = jax.jit(make_train(static_config(config), n_max=72))(lane)
+      >>> bool(jnp.array_equal(log["test_acc"], whole["test_acc"]))
+      True
     """
     p, batch = config.p, config.batch_size
     n_logs, rem = divmod(config.steps, config.log_every)
@@ -350,7 +371,13 @@ def pack_opt_state(opt_state: Any) -> np.ndarray:
     store variable instead of one per leaf: a chunk's commit writes far fewer arrays.
 
     Example:
-      >>> unpack_opt_state(pack_opt_state(state), like)   # state again, leaf by leaf
+      >>> state = {"count": jnp.array([5, 5], jnp.int32), "mu": jnp.ones((2, 3))}  # 2 lanes
+      >>> packed = pack_opt_state(state)
+      >>> packed.shape                                    # 1 + 3 floats per lane
+      (2, 4)
+      >>> like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+      >>> unpack_opt_state(packed, like)["count"]          # state again, leaf by leaf
+      array([5, 5], dtype=int32)
     """
     leaves = jax.tree.leaves(opt_state)
     return np.concatenate([np.asarray(x, np.float32).reshape(len(x), -1) for x in leaves], axis=1)

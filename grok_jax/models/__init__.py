@@ -170,8 +170,13 @@ def register(name: str, spec: ModelSpec) -> ModelSpec:
     (:func:`unregister` it first). Returns ``spec``.
 
     Example:
-      >>> register("linear", ModelSpec(factory=make_linear, title="linear model",
-      ...                              options=ml_collections.ConfigDict({"gain": 1.0})))
+      >>> from grok_jax.config import base_config
+      >>> spec = MODELS["mlp2"]._replace(title="quadratic MLP, registered again")
+      >>> register("mlp2_again", spec) is spec
+      True
+      >>> base_config(model="mlp2_again").mlp2_again.activation   # its options' section
+      'quad'
+      >>> unregister("mlp2_again")
     """
     if not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"model name {name!r} must be a Python identifier (it names a config section)")
@@ -226,9 +231,15 @@ def get_model(config: ml_collections.ConfigDict | Any, readout_columns: int | No
     """The model ``config.model`` for the static settings of ``config``.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from grok_jax.config import load_config
       >>> model = get_model(load_config("tiny"))
       >>> variables = model.init(jax.random.key(0))
+      >>> pairs = jnp.arange(3)                      # (0, 0), (0, 1), (0, 2) at p = 11
+      >>> inputs = Inputs(m=pairs // 11, n=pairs % 11, pair=pairs, weight=jnp.ones(3, bool))
       >>> logits, _ = model.apply(variables, inputs, train=False)
+      >>> logits.shape
+      (3, 11)
     """
     if config.model not in MODELS:
         raise ConfigError(f"unknown model {config.model!r}; valid models: {', '.join(MODELS)}")

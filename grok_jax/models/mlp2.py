@@ -244,9 +244,16 @@ class MLP2(NamedTuple):
     :func:`readout`.
 
     Example:
+      >>> from grok_jax.models import Inputs
       >>> model = MLP2(p=11, width=32, activation="quad", batchnorm=False)
       >>> variables = model.init(jax.random.key(0))
-      >>> logits, _ = model.apply(variables, inputs, train=False)   # (rows, 11)
+      >>> jax.tree.map(jnp.shape, variables["params"])          # U, V: operand × hidden
+      {'U': (11, 32), 'V': (11, 32), 'W': (32, 11)}
+      >>> pairs = jnp.arange(3)                      # (0, 0), (0, 1), (0, 2) at p = 11
+      >>> inputs = Inputs(m=pairs // 11, n=pairs % 11, pair=pairs, weight=jnp.ones(3, bool))
+      >>> logits, _ = model.apply(variables, inputs, train=False)
+      >>> logits.shape
+      (3, 11)
     """
 
     p: int
