@@ -5,7 +5,7 @@ and built by :func:`get_model`. The rest of grok_jax talks to it only through th
 :class:`Model` interface below. What the config, its checks and the figures know of
 a model (its options, their checks, its training settings, its title) is in the
 :class:`ModelSpec` its module registers (:func:`register`), so a new model needs
-nothing but a module (see "Adding a model" in the README; ``mlp3.py`` ends with its
+nothing but a module (see "Adding a model" in docs/models.md; ``mlp3.py`` ends with its
 spec). Every method is pure and works on one lane; a sweep ``vmap``s it over lanes.
 """
 
