@@ -1,7 +1,7 @@
 """grok_jax: phase diagrams of memorization vs generalization, one jitted pass per grid.
 
     >>> import grok_jax
-    >>> grok_jax.use_cpu_cores()     # optional, before other JAX work  # doctest: +SKIP
+    >>> grok_jax.use_cpu_cores()  # doctest: +SKIP
     True
     >>> ds = grok_jax.run_sweep(grok_jax.load_config("tiny"), out="results/tiny", progress=False)
     grid seed[2] × wd[2] × xi[2] = 8 lanes; p=11 width=32 steps=60; ...
@@ -10,8 +10,8 @@
     {'seed': 2, 'wd': 2, 'xi': 2, 'step': 4}
 
 Importing grok_jax does not configure JAX; the command line splits a CPU into one
-device per core (:func:`use_cpu_cores`) and turns on the persistent compilation
-cache (:func:`grok_jax.programs.use_compilation_cache`).
+device per core (:func:`use_cpu_cores`: optional, and before any other JAX work) and
+turns on the persistent compilation cache (:func:`grok_jax.programs.use_compilation_cache`).
 """
 
 from grok_jax.config import load_config

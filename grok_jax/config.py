@@ -406,7 +406,7 @@ def scale_for_batch(config: ml_collections.ConfigDict, batch_size: int, referenc
     ``× sqrt(batch_size/reference)``, swept ones included.
 
     Example:
-      >>> c = scale_for_batch(load_config("wd_xi"), 64)   # 1000 steps at lr 0.01 ->
+      >>> c = scale_for_batch(load_config("wd_xi"), 64)   # wd_xi: 1000 steps at lr 0.01
       >>> c.batch_size, c.steps, c.lr
       (64, 4000, 0.005)
     """

@@ -229,7 +229,8 @@ def batch_rows(rows: Rows, order: jax.Array, index: jax.Array, batch_size: int, 
       >>> ds = make_dataset(jax.random.key(0), jax.random.key(1), 60, 6,
       ...                   task="add", p=11, n_max=80)
       >>> order = epoch_order(jax.random.key(2), n_train=60, n_max=80, total=121)
-      >>> [int(batch_rows(training_rows(ds, 80), order, i, 16, 60).train.sum()) for i in range(4)]
+      >>> rows = training_rows(ds, n_max=80)
+      >>> [int(batch_rows(rows, order, i, batch_size=16, n_train=60).train.sum()) for i in range(4)]
       [16, 16, 16, 12]
     """
     slot = index * batch_size + jnp.arange(batch_size)

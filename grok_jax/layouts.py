@@ -155,7 +155,7 @@ def use_cpu_cores() -> bool:
 
     Example:
       >>> import grok_jax
-      >>> grok_jax.use_cpu_cores()   # before any other JAX call  # doctest: +SKIP
+      >>> grok_jax.use_cpu_cores()  # doctest: +SKIP
       True
     """
     if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):

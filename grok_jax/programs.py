@@ -77,8 +77,9 @@ def program(part: tuple, static: ml_collections.FrozenConfigDict, n_max: int, n_
       >>> import numpy as np
       >>> from grok_jax.plan import Resources, make_plan
       >>> config = cfg.load_config("tiny")
-      >>> chunk = make_plan(config, Resources(lanes_per_device=8)).chunks[0]   # all 8 lanes
-      >>> lanes = jax.tree.map(lambda a: a[chunk.lanes], make_plan(config).lanes)
+      >>> plan = make_plan(config, Resources(lanes_per_device=8))
+      >>> chunk = plan.chunks[0]                            # all 8 lanes
+      >>> lanes = jax.tree.map(lambda a: a[chunk.lanes], plan.lanes)
       >>> mesh = Mesh(np.asarray(jax.devices()[:1]), ("lanes",))
       >>> fn = program(("train",), cfg.static_config(config), chunk.n_max, chunk.n_min, chunk.layout,
       ...              mesh, lanes).fn

@@ -12,7 +12,8 @@ static group (``vmap`` over lanes, ``lax.map`` over the counts):
     >>> curves = grok_jax.pruning.prune("results/tiny", random=2)
     >>> curves.order.values.tolist()
     ['low', 'high', 'random 0', 'random 1']
-    >>> lines = curves.test_acc.sel(order="low").mean("seed").plot.line(x="fraction", col="wd")
+    >>> curves.test_acc.dims                     # a curve per order and lane
+    ('order', 'fraction', 'seed', 'wd', 'xi')
 """
 
 from __future__ import annotations

