@@ -2,13 +2,13 @@
 NumPy reference computed, on 12 lanes in three phases."""
 
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import reference
-from conftest import FAST_COMPILE, XLA_DEFAULT
 
 from grok_jax import phases
 from grok_jax.execution import run_sweep
@@ -26,15 +26,17 @@ ATOL = {"train_loss": 1e-5, "test_loss": 2e-2, "ipr": 0.1}
 NORM_RTOL = 0.03
 
 
-# The suite compiles at XLA's lowest optimization level (conftest.py), which changes the
-# last bits of the initial draws: the two trajectory comparisons run in a process of
-# their own at the default level.
+# The suite compiles at XLA's lowest optimization level (the root conftest.py), which
+# changes the last bits of the initial draws: the two trajectory comparisons run in a
+# process of their own at the default level.
+XLA_DEFAULT = os.environ.get("GROK_JAX_TEST_XLA_DEFAULT") == "1"
+FAST_COMPILE = re.compile(r"--xla_backend_optimization_level=\S+|--xla_cpu_use_fusion_emitters=\S+")
 at_default_level = pytest.mark.skipif(not XLA_DEFAULT, reason="run by test_trajectories_at_xla_default_level")
 
 
 def test_trajectories_at_xla_default_level():
     env = {**os.environ, "GROK_JAX_TEST_XLA_DEFAULT": "1",
-           "XLA_FLAGS": os.environ["XLA_FLAGS"].replace(FAST_COMPILE, "").strip()}
+           "XLA_FLAGS": FAST_COMPILE.sub("", os.environ["XLA_FLAGS"]).strip()}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-p", "no:cacheprovider", __file__, "-k",
                            "numpy_reference_computes or sweep_matches"], capture_output=True, text=True,
                           timeout=900, env=env, cwd=os.path.dirname(__file__))
