@@ -12,7 +12,7 @@ temporary directory, ONE exact text replacement is made in one source file of
 the copy (its ``old`` text must occur exactly once, so a stale mutant fails
 loudly instead of silently testing nothing), and
 
-    python -m pytest -x -q -p no:cacheprovider <tests>
+    python -m pytest -n 0 -x -q -p no:cacheprovider <tests>
 
 runs in the copy with ``PYTHONPATH`` = the copy first, so that ``grok_jax`` is
 imported from the copy and not from the editable install (checked before each
@@ -89,8 +89,8 @@ MUTANTS: list[Mutant] = [
            "(dpre,) = vjp(dh)", "(dpre,) = vjp(dh / (1.0 - rate))",
            ("tests/test_train.py", "-kdropout_and_batchnorm or every_logged_metric")),
     Mutant("lanes_stored_reversed", "lane order", "grok_jax/results.py",
-           'group[name].oindex[_region(lanes, values)] = values',
-           'group[name].oindex[_region(lanes[::-1], values)] = values',
+           'arrays[name].oindex[_region(lanes, values)] = values',
+           'arrays[name].oindex[_region(lanes[::-1], values)] = values',
            LANES),
     Mutant("bn_no_mean_subtraction", "BatchNorm", "grok_jax/models/mlp2.py",
            "h = (h - stats.mean) * jax.lax.rsqrt(stats.var + BN_EPS)",
@@ -190,7 +190,9 @@ def run_mutant(mutant: Mutant, timeout: float) -> tuple[str, float, str]:
         plant(root, mutant)
         env = environment(root)
         check_imported_from(root, env)
-        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *selection(root, mutant.tests)]
+        # In one process (-n 0): with -x, pytest-xdist ends a failing run with status 2, not 1.
+        cmd = [sys.executable, "-m", "pytest", "-n", "0", "-x", "-q", "-p", "no:cacheprovider",
+               *selection(root, mutant.tests)]
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, start_new_session=True)
         try:
