@@ -118,7 +118,7 @@ def check_task(task: str, p: int) -> None:
 
 def pair_labels(task: str, p: int) -> jax.Array:
     """Correct labels of all ``p²`` pairs, index ``m·p + n``; division pairs with
-    ``n = 0`` have no answer and are excluded by :func:`valid_pairs`."""
+    ``n = 0`` have no answer, and :func:`make_dataset` never draws them."""
     m, n = jnp.divmod(jnp.arange(p * p, dtype=jnp.int32), p)
     return TASKS[task](m, n, p).astype(jnp.int32)
 

@@ -140,7 +140,7 @@ def sweep(config: ml_collections.ConfigDict, out: str | None, options: Options):
                     print_plan(plan, chunks, len(devices), before, options.log if me == 0 else _quiet)
                 Runner(plan, devices, settings, path, peers).run(chunks, before)
         except BaseException as e:
-            peers.stopped(e, path)
+            peers.stopped(e)
             raise
         peers.finished(path)  # every process's lanes are committed
         if me == 0:

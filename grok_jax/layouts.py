@@ -20,9 +20,8 @@ import jax
 # and their gradients a block's working set is a few times that, about a core's L2.
 CPU_BLOCK_BYTES = 2**20
 # On a CPU, the readout product for p in this range is padded by zero columns to the
-# next multiple of 8. Measured (the product alone, N 128): p 29, 31, 37, 47 and 61
-# 11-27% faster that way, p 41 and 23 equal, p 53 faster at 64 (56 not measured);
-# p 17 and p 97 slower when padded. See benchmarks/README.md.
+# next multiple of 8: faster for most p there, slower for p 17 and 97 (the product
+# alone, timed per p in benchmarks/README.md).
 CPU_PADDED_COLUMNS = range(25, 65)
 # A chunk whose estimated work exceeds this many seconds runs as a series of program
 # calls of about this much work each (segments of logged blocks): its progress is
@@ -47,9 +46,8 @@ def default_lanes_per_device(rules: str, n_max: int, width: int) -> int | None:
 
     Accelerators want wide batches. A CPU core is fastest on one lane at a time
     (plain matmuls, activations in cache), except for tiny problems, where a few
-    lanes share each chunk's fixed costs. Small grid (64 lanes, 1000 steps, logging
-    every 20), 1 vs 4 lanes per device: p 31, N 128 7.2-7.6 vs 7.8 s; p 17, N 128
-    1.85 vs 2.21 s; p 17, N 64 1.30 vs 1.20 s; p 11, N 32 0.61 vs 0.38 s.
+    lanes share each chunk's fixed costs (1 vs 4 lanes per device on the small grid,
+    timed per p and N in benchmarks/README.md).
     """
     if rules != "cpu":
         return None

@@ -130,7 +130,7 @@ class Peers:
             raise Preempted(f"stopped by {self.why()} after the lanes of this process were committed to {path}: "
                             "run the same command again to resume")
 
-    def stopped(self, error: BaseException, path: str) -> None:
+    def stopped(self, error: BaseException) -> None:
         """This process ends with ``error``: the others are told (a failure stops them
         too) and waited for, at best effort; :class:`PeerFailed` (from ``error``)
         when this one was stopped (:class:`Preempted`) and another failed."""
